@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Shared test helpers (store_contract.py, apps.py) live beside the tests.
+sys.path.insert(0, str(Path(__file__).parent))

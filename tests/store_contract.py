@@ -1,0 +1,332 @@
+"""The contract every store backend passes (cachelib style: one suite, many backends).
+
+A backend's test module subclasses :class:`StoreContract` and provides a ``store`` fixture
+(and ``make_store`` returning a *second* handle on the same storage for shared backends).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from wsgi_deferred.buffers import SpooledBody
+from wsgi_deferred.stores.base import Store
+from wsgi_deferred.task import TaskRecord, TaskState, new_task_id
+
+HOUR = 3600.0
+
+
+def body_of(data: bytes, threshold: int = 1 << 20) -> SpooledBody:
+    body = SpooledBody(threshold=threshold)
+    body.write(data)
+    return body
+
+
+def new_record(**changes: object) -> TaskRecord:
+    values: dict[str, object] = {"id": new_task_id(), "lease_expires": time.time() + 30}
+    values.update(changes)
+    return TaskRecord(**values)  # type: ignore[arg-type]
+
+
+def read_all(store: Store, task_id: str) -> bytes | None:
+    reader = store.open_body(task_id)
+    if reader is None:
+        return None
+    with reader:
+        return reader.read()
+
+
+class StoreContract:
+    """Mixin of contract tests; needs a ``store`` fixture."""
+
+    # -- create / get ----------------------------------------------------------------------
+
+    def test_create_then_get_returns_equal_copy(self, store: Store) -> None:
+        record = new_record(label="POST /render/1", owner="abc")
+        store.create(record)
+        got = store.get(record.id)
+        assert got is not None and got is not record
+        assert got.state is TaskState.QUEUED
+        assert (got.id, got.label, got.owner) == (record.id, "POST /render/1", "abc")
+        assert got.created == pytest.approx(record.created)
+        got.state = TaskState.DONE  # a copy: the store must not change
+        assert store.get(record.id).state is TaskState.QUEUED  # type: ignore[union-attr]
+
+    def test_unknown_id_is_none_everywhere(self, store: Store) -> None:
+        task_id = new_task_id()
+        assert store.get(task_id) is None
+        assert store.open_body(task_id) is None
+        assert store.claim(task_id, time.time() + 30) is False
+        assert store.cancel(task_id) is False
+        assert store.renew([task_id], time.time() + 30) == set()
+        assert store.wait(task_id, 0.05) is None
+        store.set_progress(task_id, 0.5, "ignored")  # no error
+
+    def test_duplicate_create_is_an_error(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        with pytest.raises(ValueError):
+            store.create(record)
+
+    # -- claim / progress / finish ---------------------------------------------------------
+
+    def test_full_life_cycle(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        assert store.claim(record.id, time.time() + 30) is True
+        running = store.get(record.id)
+        assert running is not None and running.state is TaskState.RUNNING
+        assert running.started is not None
+        store.set_progress(record.id, 0.25, "a quarter")
+        got = store.get(record.id)
+        assert got is not None and (got.progress, got.message) == (0.25, "a quarter")
+        headers = [("Content-Type", "text/plain"), ("X-Two", "a"), ("X-Two", "b")]
+        assert store.finish(record.id, "201 Created", headers, body_of(b"hello"), time.time() + HOUR)
+        done = store.get(record.id)
+        assert done is not None and done.state is TaskState.DONE
+        assert (done.status, done.headers, done.body_size) == ("201 Created", headers, 5)
+        assert done.finished is not None
+        assert read_all(store, record.id) == b"hello"
+        assert read_all(store, record.id) == b"hello"  # readable again, independently
+
+    def test_claim_twice_only_first_wins(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        assert store.claim(record.id, time.time() + 30) is True
+        assert store.claim(record.id, time.time() + 30) is False
+
+    def test_large_body_round_trips_in_chunks(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 30)
+        data = bytes(range(256)) * (12 * 4096 + 7)  # ~12 MiB, not a multiple of any chunk size
+        body = body_of(data, threshold=1 << 16)
+        assert store.finish(record.id, "200 OK", [], body, time.time() + HOUR)
+        reader = store.open_body(record.id)
+        assert reader is not None
+        with reader:
+            first = reader.read(1000)
+            rest = reader.read()
+        assert first + rest == data
+
+    def test_empty_body(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 30)
+        assert store.finish(record.id, "204 No Content", [], body_of(b""), time.time() + HOUR)
+        assert read_all(store, record.id) == b""
+
+    def test_fail_and_lost_are_final(self, store: Store) -> None:
+        for state in ("failed", "lost"):
+            record = new_record()
+            store.create(record)
+            store.claim(record.id, time.time() + 30)
+            assert store.fail(record.id, state, "boom", time.time() + HOUR) is True
+            got = store.get(record.id)
+            assert got is not None and got.state is TaskState(state) and got.message == "boom"
+            assert store.fail(record.id, "failed", "again", time.time() + HOUR) is False
+            assert store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + HOUR) is False
+            assert store.open_body(record.id) is None
+
+    def test_finish_queued_task_directly(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        assert store.finish(record.id, "200 OK", [], body_of(b"q"), time.time() + HOUR)
+        assert read_all(store, record.id) == b"q"
+
+    def test_create_running_record(self, store: Store) -> None:
+        record = new_record(state=TaskState.RUNNING, started=time.time())
+        store.create(record)
+        assert store.get(record.id).state is TaskState.RUNNING  # type: ignore[union-attr]
+        assert store.claim(record.id, time.time() + 30) is False
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def test_cancel_queued_never_runs(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        assert store.cancel(record.id) is True
+        assert store.get(record.id).state is TaskState.CANCELLED  # type: ignore[union-attr]
+        assert store.claim(record.id, time.time() + 30) is False
+        assert store.cancel(record.id) is False
+
+    def test_cancel_running_refuses_its_result(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 30)
+        assert store.cancel(record.id) is True
+        assert store.renew([record.id], time.time() + 30) == set()
+        assert store.finish(record.id, "200 OK", [], body_of(b"late"), time.time() + HOUR) is False
+        assert store.open_body(record.id) is None
+
+    def test_cancel_done_deletes_result(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.finish(record.id, "200 OK", [], body_of(b"bye"), time.time() + HOUR)
+        assert store.cancel(record.id) is True
+        assert store.get(record.id) is None
+        assert store.open_body(record.id) is None
+
+    # -- leases, expiry, purge -------------------------------------------------------------
+
+    def test_lease_running_out_reads_lost(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 0.2)
+        assert store.get(record.id).state is TaskState.RUNNING  # type: ignore[union-attr]
+        time.sleep(0.4)
+        got = store.get(record.id)
+        assert got is not None and got.state is TaskState.LOST
+        assert store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + HOUR) is False
+
+    def test_queued_lease_running_out_reads_lost(self, store: Store) -> None:
+        record = new_record(lease_expires=time.time() + 0.2)
+        store.create(record)
+        time.sleep(0.4)
+        assert store.get(record.id).state is TaskState.LOST  # type: ignore[union-attr]
+
+    def test_renew_keeps_task_alive(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 0.3)
+        for _ in range(4):
+            time.sleep(0.15)
+            assert store.renew([record.id], time.time() + 0.3) == {record.id}
+        assert store.get(record.id).state is TaskState.RUNNING  # type: ignore[union-attr]
+
+    def test_expired_result_is_gone(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + 0.2)
+        assert store.get(record.id) is not None
+        time.sleep(0.4)
+        assert store.get(record.id) is None
+        assert store.open_body(record.id) is None
+
+    def test_purge_removes_expired_and_stale(self, store: Store) -> None:
+        keep, old, stale = new_record(), new_record(), new_record()
+        for record in (keep, old, stale):
+            store.create(record)
+        store.finish(keep.id, "200 OK", [], body_of(b"k"), time.time() + HOUR)
+        store.finish(old.id, "200 OK", [], body_of(b"o"), time.time() + 60)
+        removed = store.purge(now=time.time() + 120 + 2 * HOUR)
+        assert removed >= 2
+        store.purge(now=time.time() + 10 * HOUR)
+        assert store.get(stale.id) is None
+        assert store.open_body(old.id) is None
+
+    # -- wait ------------------------------------------------------------------------------
+
+    def test_wait_returns_when_finished(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 30)
+
+        def finish_soon() -> None:
+            time.sleep(0.2)
+            store.finish(record.id, "200 OK", [], body_of(b"w"), time.time() + HOUR)
+
+        thread = threading.Thread(target=finish_soon)
+        thread.start()
+        started = time.monotonic()
+        got = store.wait(record.id, 10)
+        elapsed = time.monotonic() - started
+        thread.join()
+        assert got is not None and got.state is TaskState.DONE
+        assert elapsed < 5
+
+    def test_wait_times_out_with_current_record(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        started = time.monotonic()
+        got = store.wait(record.id, 0.3)
+        assert got is not None and got.state is TaskState.QUEUED
+        assert 0.25 <= time.monotonic() - started < 5
+
+    def test_wait_sees_lease_run_out(self, store: Store) -> None:
+        record = new_record(lease_expires=time.time() + 0.2)
+        store.create(record)
+        got = store.wait(record.id, 10)
+        assert got is not None and got.state is TaskState.LOST
+
+    # -- races -----------------------------------------------------------------------------
+
+    def test_race_two_claimers_one_winner(self, store: Store) -> None:
+        for _ in range(20):
+            record = new_record()
+            store.create(record)
+            barrier = threading.Barrier(2)
+            results: list[bool] = []
+
+            def claimer() -> None:
+                barrier.wait()
+                results.append(store.claim(record.id, time.time() + 30))
+
+            threads = [threading.Thread(target=claimer) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(results) == [False, True]
+
+    def test_race_cancel_against_finish(self, store: Store) -> None:
+        for _ in range(20):
+            record = new_record()
+            store.create(record)
+            store.claim(record.id, time.time() + 30)
+            barrier = threading.Barrier(2)
+            outcome: dict[str, bool] = {}
+
+            def cancel() -> None:
+                barrier.wait()
+                outcome["cancel"] = store.cancel(record.id)
+
+            def finish() -> None:
+                barrier.wait()
+                outcome["finish"] = store.finish(
+                    record.id, "200 OK", [], body_of(b"r"), time.time() + HOUR
+                )
+
+            threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert outcome["cancel"] is True
+            # Whatever the order, a cancelled task ends with no result anyone can fetch.
+            assert store.open_body(record.id) is None
+            got = store.get(record.id)
+            assert got is None or got.state is TaskState.CANCELLED
+
+    def test_race_no_lost_progress_updates(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.claim(record.id, time.time() + 30)
+        barrier = threading.Barrier(4)
+
+        def report(n: int) -> None:
+            barrier.wait()
+            for i in range(20):
+                store.set_progress(record.id, i / 20, f"t{n}")
+
+        threads = [threading.Thread(target=report, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.finish(record.id, "200 OK", [], body_of(b"d"), time.time() + HOUR)
+        got = store.get(record.id)
+        assert got is not None and got.state is TaskState.DONE
+
+    # -- misc ------------------------------------------------------------------------------
+
+    def test_secret_is_stable_bytes(self, store: Store) -> None:
+        first = store.secret()
+        assert isinstance(first, bytes) and len(first) >= 16
+        assert store.secret() == first
+
+    def test_close_is_idempotent(self, store: Store) -> None:
+        store.close()
+        store.close()

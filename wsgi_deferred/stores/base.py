@@ -1,0 +1,137 @@
+"""The :class:`Store` contract: where tasks live between the 202 and the result.
+
+A store holds one :class:`~wsgi_deferred.task.TaskRecord` per task and, once a task is done,
+its buffered response body. The middleware talks to stores only through the methods below, so
+every backend (memory, SQLite, Redis, or your own) must behave exactly as written here; the
+shared suite in ``tests/store_contract.py`` checks it for each of them.
+
+Rules common to every method:
+
+* Ids are already checked against the id format before a store is called.
+* Records handed out are copies; changing them changes nothing in the store.
+* Times are Unix timestamps in seconds (``time.time()``); durations are seconds.
+* A backend that cannot be reached raises :class:`~wsgi_deferred.errors.StoreUnavailable`
+  (and nothing else) within a few seconds; it never hangs and never raises a driver error.
+* State changes are atomic: when two processes race (two claimers, a cancel racing a finish),
+  exactly one transition wins and the loser gets ``False``.
+* A record whose ``expires`` has passed is gone: ``get`` returns None for it, and
+  :meth:`purge` removes it (with its body) for good. Unfinished records have
+  ``expires=None``; the end-state methods set it.
+* A record that is ``queued`` or ``running`` and whose ``lease_expires`` has passed is
+  reported by :meth:`get` and :meth:`wait` as ``lost`` (and the store may persist that), so
+  that no client ever polls a task that will never finish.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import BinaryIO, Iterable
+
+from ..buffers import SpooledBody
+from ..task import TaskRecord
+
+__all__ = ["Store", "STALE_RETENTION"]
+
+#: Seconds a cancelled record, or an unfinished one whose lease ran out, is kept before
+#: :meth:`Store.purge` removes it (long enough for every poller to read ``lost``).
+STALE_RETENTION = 3600.0
+
+
+class Store(abc.ABC):
+    """Abstract base class of every task store."""
+
+    #: True when every process (and host) that can reach the store sees the same tasks.
+    shared: bool = False
+
+    # -- creating and running --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create(self, record: TaskRecord) -> None:
+        """Add a new task. *record* carries its id, state (``queued`` or, when a task that
+        started inline is handed over, ``running``), ``lease_expires`` and ``expires``.
+        Creating an id that already exists is a programming error (ids are 128 random bits):
+        it raises ``ValueError``."""
+
+    @abc.abstractmethod
+    def claim(self, task_id: str, lease_expires: float) -> bool:
+        """Move a ``queued`` task to ``running``: set ``started`` and ``lease_expires``.
+        Return True for the one caller that made that move; False when the task is not
+        (or no longer) queued, e.g. cancelled, deleted or already claimed."""
+
+    @abc.abstractmethod
+    def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
+        """Heartbeat: push ``lease_expires`` of each unfinished task in *task_ids* forward.
+        Return the ids that were renewed; an id missing from the answer is finished,
+        cancelled, deleted or expired, and its runner should stop caring about it."""
+
+    @abc.abstractmethod
+    def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
+        """Record the app's latest progress (0..1 or None) and message for an unfinished
+        task. Ignored for an unknown or finished task."""
+
+    # -- ending ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        task_id: str,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: SpooledBody,
+        expires: float,
+    ) -> bool:
+        """Move a ``queued``/``running`` task to ``done`` with the app's response.
+
+        The store takes ownership of *body*: it keeps it, or copies it (in chunks, never the
+        whole body in memory) and calls ``body.discard()``. Return True when the result was
+        stored; False (and the body discarded) when the task was cancelled, deleted, lost or
+        already finished."""
+
+    @abc.abstractmethod
+    def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
+        """Move a ``queued``/``running`` task to the end state *state* (``"failed"`` or
+        ``"lost"``) with a short *message* (never a traceback). Return True when this call
+        made the move, False when the task was already final, cancelled or gone."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str) -> bool:
+        """The client's ``DELETE``. A ``queued`` or ``running`` task becomes ``cancelled``
+        (its runner sees that through :meth:`get` or :meth:`renew` and its result will be
+        refused by :meth:`finish`), with ``expires = now + STALE_RETENTION``; a finished task
+        is deleted with its body. Return True if
+        the task existed (in any state but ``cancelled``), False otherwise."""
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The task's record, or None when it is unknown, expired or deleted. A cancelled
+        task may still be returned (state ``cancelled``); the status URL treats it as 404."""
+
+    @abc.abstractmethod
+    def open_body(self, task_id: str) -> BinaryIO | None:
+        """A new binary reader over a ``done`` task's body, positioned at its start, or None
+        when there is no such body. The caller closes it. Reading must not load the whole
+        body into memory."""
+
+    @abc.abstractmethod
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """Block up to *timeout* seconds until the task is in a final state (or its lease
+        ran out, or it disappeared), then return :meth:`get`'s answer. Returns sooner when
+        that happens sooner; returns the current record at the timeout."""
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def purge(self, now: float | None = None) -> int:
+        """Remove every record (and body) whose ``expires`` is before *now* (default: the
+        current time), and every unfinished one whose lease ran out more than
+        ``STALE_RETENTION`` seconds before *now*. Return how many were removed."""
+
+    @abc.abstractmethod
+    def secret(self) -> bytes:
+        """A random key, the same for every process sharing this store, created on first
+        use. It keys the hash of a ``bind`` credential so the credential is never stored."""
+
+    def close(self) -> None:
+        """Release connections and handles held by this process. Idempotent."""

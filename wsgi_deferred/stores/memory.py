@@ -1,0 +1,232 @@
+"""The in-process store: ``memory://``.
+
+Fast and dependency-free, but one process only: the development server, or
+``gunicorn -w 1 --threads N``. With several worker processes a status poll can land on a
+process that never saw the task; use the SQLite or Redis store there (``store=None`` picks
+SQLite by itself when the server says it runs several processes).
+
+Usage::
+
+    from wsgi_deferred import DeferredMiddleware
+    from wsgi_deferred.stores.memory import MemoryStore
+
+    app = DeferredMiddleware(app, routes=["POST /render/<id>"], store=MemoryStore())
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import BinaryIO, Iterable
+
+from ..buffers import SpooledBody
+from ..task import TaskRecord, TaskState
+from .base import STALE_RETENTION, Store
+
+__all__ = ["MemoryStore", "DEFAULT_MAX_RECORDS"]
+
+#: Records kept at most; past it the oldest finished ones are evicted first.
+DEFAULT_MAX_RECORDS = 10_000
+
+
+class MemoryStore(Store):
+    """Tasks in a dict guarded by one condition variable (so :meth:`wait` is event-driven)."""
+
+    shared = False
+
+    def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
+        self.max_records = max_records
+        self._records: dict[str, TaskRecord] = {}
+        self._bodies: dict[str, SpooledBody] = {}
+        self._changed = threading.Condition()
+        self._secret = secrets.token_bytes(32)
+
+    # -- creating and running --------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> None:
+        with self._changed:
+            if record.id in self._records:
+                raise ValueError(f"task {record.id} already exists")
+            if len(self._records) >= self.max_records:
+                self._make_room()
+            self._records[record.id] = record.copy()
+
+    def _make_room(self) -> None:
+        self._purge_locked(time.time())
+        if len(self._records) < self.max_records:
+            return
+        finished = sorted(
+            (r for r in self._records.values() if r.state.is_final),
+            key=lambda r: r.finished or r.created,
+        )
+        for record in finished[: max(1, len(self._records) - self.max_records + 1)]:
+            self._drop(record.id)
+
+    def claim(self, task_id: str, lease_expires: float) -> bool:
+        with self._changed:
+            record = self._live(task_id)
+            if record is None or record.state is not TaskState.QUEUED:
+                return False
+            record.state = TaskState.RUNNING
+            record.started = time.time()
+            record.lease_expires = lease_expires
+            self._changed.notify_all()
+            return True
+
+    def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
+        renewed = set()
+        with self._changed:
+            for task_id in task_ids:
+                record = self._live(task_id)
+                if record is not None and not record.state.is_final:
+                    record.lease_expires = lease_expires
+                    renewed.add(task_id)
+        return renewed
+
+    def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
+        with self._changed:
+            record = self._live(task_id)
+            if record is not None and not record.state.is_final:
+                record.progress = progress
+                record.message = message
+                self._changed.notify_all()
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish(
+        self,
+        task_id: str,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: SpooledBody,
+        expires: float,
+    ) -> bool:
+        with self._changed:
+            record = self._live(task_id)
+            if record is None or record.state.is_final:
+                body.discard()
+                return False
+            record.state = TaskState.DONE
+            record.finished = time.time()
+            record.status = status
+            record.headers = list(headers)
+            record.body_size = body.size
+            record.expires = expires
+            self._bodies[task_id] = body
+            self._changed.notify_all()
+            return True
+
+    def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
+        end_state = TaskState(state)
+        with self._changed:
+            record = self._live(task_id)
+            if record is None or record.state.is_final:
+                return False
+            record.state = end_state
+            record.finished = time.time()
+            record.message = message
+            record.expires = expires
+            self._changed.notify_all()
+            return True
+
+    def cancel(self, task_id: str) -> bool:
+        with self._changed:
+            record = self._live(task_id)
+            if record is None or record.state is TaskState.CANCELLED:
+                return False
+            if record.state.is_final:
+                self._drop(task_id)
+            else:
+                record.state = TaskState.CANCELLED
+                record.finished = time.time()
+                record.expires = record.finished + STALE_RETENTION
+            self._changed.notify_all()
+            return True
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._changed:
+            record = self._live(task_id)
+            return record.copy() if record is not None else None
+
+    def open_body(self, task_id: str) -> BinaryIO | None:
+        with self._changed:
+            record = self._live(task_id)
+            body = self._bodies.get(task_id)
+            if record is None or record.state is not TaskState.DONE or body is None:
+                return None
+            try:
+                return body.open()
+            except ValueError:  # discarded by a concurrent delete
+                return None
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            while True:
+                record = self._live(task_id)
+                if record is None or record.state.is_final:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if record.lease_expires is not None:
+                    # Wake when the lease would run out, so `lost` is reported on time.
+                    remaining = min(remaining, max(0.01, record.lease_expires - time.time()))
+                self._changed.wait(remaining)
+            return record.copy() if record is not None else None
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def purge(self, now: float | None = None) -> int:
+        with self._changed:
+            return self._purge_locked(time.time() if now is None else now)
+
+    def _purge_locked(self, now: float) -> int:
+        stale = [
+            r.id
+            for r in self._records.values()
+            if (r.expires is not None and r.expires < now)
+            or (
+                not r.state.is_final
+                and r.lease_expires is not None
+                and r.lease_expires < now - STALE_RETENTION
+            )
+        ]
+        for task_id in stale:
+            self._drop(task_id)
+        return len(stale)
+
+    def secret(self) -> bytes:
+        return self._secret
+
+    def close(self) -> None:
+        with self._changed:
+            for task_id in list(self._records):
+                self._drop(task_id)
+
+    # -- internals (caller holds the lock) -------------------------------------------------
+
+    def _live(self, task_id: str) -> TaskRecord | None:
+        """The stored record, with expiry and lease rules applied; None when gone."""
+        record = self._records.get(task_id)
+        if record is None:
+            return None
+        now = time.time()
+        if record.expires is not None and record.expires < now:
+            self._drop(task_id)
+            return None
+        if record.lease_ran_out(now):
+            record.state = TaskState.LOST
+            record.finished = now
+            record.message = "the process running this task stopped renewing its lease"
+            record.expires = now + STALE_RETENTION
+        return record
+
+    def _drop(self, task_id: str) -> None:
+        self._records.pop(task_id, None)
+        body = self._bodies.pop(task_id, None)
+        if body is not None:
+            body.discard()

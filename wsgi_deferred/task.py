@@ -1,0 +1,117 @@
+"""Task ids, states and the record a store keeps for each task."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+__all__ = ["TaskState", "TaskRecord", "new_task_id", "is_task_id", "TASK_ID_LENGTH"]
+
+#: Length of an id: ``secrets.token_urlsafe(16)`` is 128 random bits in 22 base64url chars.
+TASK_ID_LENGTH = 22
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{%d}\Z" % TASK_ID_LENGTH)
+
+
+def new_task_id() -> str:
+    """A fresh, unguessable task id (128 bits from :mod:`secrets`)."""
+    return secrets.token_urlsafe(16)
+
+
+def is_task_id(value: str) -> bool:
+    """True when *value* has the id format. Checked before any store is touched."""
+    return len(value) == TASK_ID_LENGTH and _TASK_ID_RE.match(value) is not None
+
+
+class TaskState(str, Enum):
+    """Life cycle of a task: ``queued`` → ``running`` → one of the end states."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a task never leaves."""
+        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+
+    def __str__(self) -> str:  # so f-strings and logs show "queued", not "TaskState.QUEUED"
+        return self.value
+
+
+@dataclass
+class TaskRecord:
+    """Everything a store knows about one task.
+
+    Times are Unix timestamps in seconds (``time.time()``), so they mean the same in every
+    process and on every host that shares a store.
+    """
+
+    id: str
+    state: TaskState = TaskState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    #: Fraction 0..1 last reported through ``environ["wsgi_deferred.progress"]``, or None.
+    progress: float | None = None
+    #: Message last reported by the app, or a short reason for ``failed``/``lost``.
+    message: str | None = None
+    #: Keyed hash of the requester's credential when ``bind`` is set (never the credential).
+    owner: str | None = None
+    #: Human name for the work, e.g. ``"POST /render/42"``, shown on the waiting page.
+    label: str | None = None
+    #: Until when the running process vouches for the task (heartbeat); past it: ``lost``.
+    lease_expires: float | None = None
+    #: When the record (and its result) may be forgotten.
+    expires: float | None = None
+    #: The buffered response, set when ``state`` is ``done``.
+    status: str | None = None
+    headers: list[tuple[str, str]] | None = None
+    body_size: int | None = None
+
+    def copy(self, **changes: object) -> TaskRecord:
+        """A shallow copy with *changes* applied (stores hand out copies, never their own)."""
+        record = replace(self, **changes)  # type: ignore[arg-type]
+        if record.headers is not None:
+            record.headers = list(record.headers)
+        return record
+
+    def lease_ran_out(self, now: float | None = None) -> bool:
+        """True when the task is unfinished and nobody renewed its lease in time."""
+        if self.state.is_final or self.lease_expires is None:
+            return False
+        return (time.time() if now is None else now) > self.lease_expires
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able form (used by the SQLite and Redis stores)."""
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "progress": self.progress,
+            "message": self.message,
+            "owner": self.owner,
+            "label": self.label,
+            "lease_expires": self.lease_expires,
+            "expires": self.expires,
+            "status": self.status,
+            "headers": [list(h) for h in self.headers] if self.headers is not None else None,
+            "body_size": self.body_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> TaskRecord:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["state"] = TaskState(values["state"])
+        headers = values.get("headers")
+        if headers is not None:
+            values["headers"] = [(str(k), str(v)) for k, v in headers]  # type: ignore[union-attr]
+        return cls(**values)  # type: ignore[arg-type]
