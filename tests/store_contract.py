@@ -83,7 +83,9 @@ class StoreContract:
         got = store.get(record.id)
         assert got is not None and (got.progress, got.message) == (0.25, "a quarter")
         headers = [("Content-Type", "text/plain"), ("X-Two", "a"), ("X-Two", "b")]
-        assert store.finish(record.id, "201 Created", headers, body_of(b"hello"), time.time() + HOUR)
+        assert store.finish(
+            record.id, "201 Created", headers, body_of(b"hello"), time.time() + HOUR
+        )
         done = store.get(record.id)
         assert done is not None and done.state is TaskState.DONE
         assert (done.status, done.headers, done.body_size) == ("201 Created", headers, 5)
@@ -260,7 +262,11 @@ class StoreContract:
             barrier = threading.Barrier(2)
             results: list[bool] = []
 
-            def claimer() -> None:
+            def claimer(
+                barrier: threading.Barrier = barrier,
+                results: list[bool] = results,
+                record: TaskRecord = record,
+            ) -> None:
                 barrier.wait()
                 results.append(store.claim(record.id, time.time() + 30))
 
@@ -279,11 +285,19 @@ class StoreContract:
             barrier = threading.Barrier(2)
             outcome: dict[str, bool] = {}
 
-            def cancel() -> None:
+            def cancel(
+                barrier: threading.Barrier = barrier,
+                outcome: dict[str, bool] = outcome,
+                record: TaskRecord = record,
+            ) -> None:
                 barrier.wait()
                 outcome["cancel"] = store.cancel(record.id)
 
-            def finish() -> None:
+            def finish(
+                barrier: threading.Barrier = barrier,
+                outcome: dict[str, bool] = outcome,
+                record: TaskRecord = record,
+            ) -> None:
                 barrier.wait()
                 outcome["finish"] = store.finish(
                     record.id, "200 OK", [], body_of(b"r"), time.time() + HOUR

@@ -10,13 +10,15 @@ independent reader, so two clients fetching the same result do not share a file 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 import threading
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
-__all__ = ["SpooledBody", "SPOOL_THRESHOLD", "COPY_CHUNK"]
+__all__ = ["COPY_CHUNK", "SPOOL_THRESHOLD", "SpooledBody"]
 
 #: Bytes kept in memory before a body spills to a temporary file (about 1 MiB, DESIGN.md).
 SPOOL_THRESHOLD = 1 << 20
@@ -114,10 +116,8 @@ class SpooledBody:
                 self._file.close()
                 self._file = None
             if self._path is not None:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path)
-                except FileNotFoundError:
-                    pass
                 self._path = None
 
     def __enter__(self) -> SpooledBody:

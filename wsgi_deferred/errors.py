@@ -7,11 +7,11 @@ Every exception the library raises on purpose derives from :class:`DeferredError
 from __future__ import annotations
 
 __all__ = [
-    "DeferredError",
     "ConfigurationError",
-    "StoreUnavailable",
+    "DeferredError",
     "PoolFull",
     "ProtocolError",
+    "StoreUnavailable",
 ]
 
 

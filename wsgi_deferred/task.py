@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-__all__ = ["TaskState", "TaskRecord", "new_task_id", "is_task_id", "TASK_ID_LENGTH"]
+__all__ = ["TASK_ID_LENGTH", "TaskRecord", "TaskState", "is_task_id", "new_task_id"]
 
 #: Length of an id: ``secrets.token_urlsafe(16)`` is 128 random bits in 22 base64url chars.
 TASK_ID_LENGTH = 22
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{%d}\Z" % TASK_ID_LENGTH)
+_TASK_ID_RE = re.compile(rf"[A-Za-z0-9_-]{{{TASK_ID_LENGTH}}}\Z")
 
 
 def new_task_id() -> str:

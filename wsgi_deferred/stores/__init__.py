@@ -7,10 +7,35 @@ Redis store is asked for.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+import tempfile
+
 from ..errors import ConfigurationError
 from .base import Store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "default_store_url", "open_store"]
+
+
+def default_store_url(multiprocess: bool) -> str:
+    """The store ``store=None`` picks (DESIGN.md, Stores).
+
+    One process: ``memory://``. Several (``wsgi.multiprocess`` true, e.g. ``gunicorn -w 4``):
+    a SQLite file shared by the workers of *this deployment* and no other. A deployment is
+    identified by the user, the working directory and the server's command line (which
+    includes ``--bind``): every worker of one gunicorn master shares all three, while two
+    deployments on one host differ in at least one, so they never share tasks by accident.
+    A restart with the same command finds its earlier results again. The file lives in
+    ``$TMPDIR/wsgi-deferred-<uid>/<hash>.db``; set ``store=`` explicitly to choose another.
+    """
+    if not multiprocess:
+        return "memory://"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    identity = "\0".join([str(uid), os.path.realpath(os.getcwd()), *sys.argv])
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    directory = os.path.join(tempfile.gettempdir(), f"wsgi-deferred-{uid}")
+    return "sqlite://" + os.path.join(directory, f"{digest}.db")
 
 
 def open_store(url: str | Store) -> Store:
@@ -19,9 +44,11 @@ def open_store(url: str | Store) -> Store:
         return url
     if not isinstance(url, str):
         raise ConfigurationError(f"store must be a URL or a Store, not {type(url).__name__}")
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ConfigurationError(f"store URL {url!r} has no scheme (memory://, sqlite:///..., redis://...)")
+        raise ConfigurationError(
+            f"store URL {url!r} has no scheme (memory://, sqlite:///..., redis://...)"
+        )
     scheme = scheme.lower()
     if scheme == "memory":
         from .memory import MemoryStore

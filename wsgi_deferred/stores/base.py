@@ -25,12 +25,13 @@ Rules common to every method:
 from __future__ import annotations
 
 import abc
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
 from ..buffers import SpooledBody
 from ..task import TaskRecord
 
-__all__ = ["Store", "STALE_RETENTION"]
+__all__ = ["STALE_RETENTION", "Store"]
 
 #: Seconds a cancelled record, or an unfinished one whose lease ran out, is kept before
 #: :meth:`Store.purge` removes it (long enough for every poller to read ``lost``).
@@ -133,5 +134,5 @@ class Store(abc.ABC):
         """A random key, the same for every process sharing this store, created on first
         use. It keys the hash of a ``bind`` credential so the credential is never stored."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and handles held by this process. Idempotent."""

@@ -18,13 +18,14 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
 from ..buffers import SpooledBody
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
 
-__all__ = ["MemoryStore", "DEFAULT_MAX_RECORDS"]
+__all__ = ["DEFAULT_MAX_RECORDS", "MemoryStore"]
 
 #: Records kept at most; past it the oldest finished ones are evicted first.
 DEFAULT_MAX_RECORDS = 10_000

@@ -1,0 +1,338 @@
+"""``DeferredMiddleware``: answer slow requests with ``202 Accepted`` and a status URL.
+
+Usage::
+
+    from wsgi_deferred import DeferredMiddleware
+
+    app.wsgi_app = DeferredMiddleware(app.wsgi_app, routes=["POST /render/<id>"])
+
+A request that matches ``routes`` (or asks ``Prefer: respond-async``) is captured, answered
+``202`` with ``Location: /status/<id>`` at once, and replayed in a worker thread; the status URL
+serves the app's exact response once it is done. With ``defer_after=S`` every request runs in
+the pool and only those still running after S seconds get the ``202``. Everything else goes
+straight to the app. This module only decides; the work is done by ``capture``, ``runner``,
+``pool``, ``status`` and the stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from .binding import Binding, BindOption
+from .capture import BodyError, ChainedInput, capture_request
+from .errors import ConfigurationError, PoolFull, StoreUnavailable
+from .metrics import Metrics
+from .pages import render_message, wants_html
+from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
+from .replay import StartResponse, WSGIApp, serve_body
+from .rules import NO_PREFERENCES, RuleSet, parse_prefer
+from .runner import Job, TaskRunner
+from .status import StatusEndpoint, respond
+from .stores import Store, default_store_url, open_store
+from .task import TaskState, is_task_id, new_task_id
+
+__all__ = ["DeferredMiddleware"]
+
+logger = logging.getLogger("wsgi_deferred")
+
+DEFAULT_WORKERS = 8  # threads per process
+DEFAULT_MAX_PENDING = 1000  # queued + running tasks per process
+DEFAULT_STATUS_PATH = "/status/"
+DEFAULT_RESULT_TTL = 600.0  # seconds a finished result stays fetchable
+DEFAULT_MAX_BODY = 100 * 2**20  # bytes of request body captured at most
+DEFAULT_LEASE_TIMEOUT = 30.0  # seconds without a heartbeat before a task reads `lost`
+DEFAULT_MAX_WAIT = 25.0  # seconds a `Prefer: wait` may hold a request (under Heroku's 30 s)
+PURGE_INTERVAL = 60.0  # seconds between two sweeps of expired results
+#: Seconds a client is told to wait after a 503 (pool full or store down) or a 429.
+BUSY_RETRY_AFTER = 5
+
+
+class DeferredMiddleware:
+    """WSGI middleware that defers marked requests. See the module docstring and README."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        routes: Iterable[str] | str | None = None,
+        *,
+        store: str | Store | None = None,
+        workers: int = DEFAULT_WORKERS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        status_path: str = DEFAULT_STATUS_PATH,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        defer_after: float | None = None,
+        honor_prefer: bool = True,
+        exclude: Iterable[str] | str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        bind: BindOption = None,
+        max_pending_per_client: int | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
+        if not callable(app):
+            raise ConfigurationError(f"app must be a WSGI callable, not {app!r}")
+        _require(workers >= 1, "workers must be at least 1")
+        _require(max_pending >= 1, "max_pending must be at least 1")
+        _require(result_ttl > 0, "result_ttl must be positive (seconds)")
+        _require(lease_timeout > 0, "lease_timeout must be positive (seconds)")
+        _require(max_body >= 0, "max_body must be >= 0 (bytes)")
+        _require(max_wait >= 0, "max_wait must be >= 0 (seconds)")
+        _require(defer_after is None or defer_after >= 0, "defer_after must be >= 0 (seconds)")
+        _require(
+            max_pending_per_client is None or max_pending_per_client >= 1,
+            "max_pending_per_client must be at least 1",
+        )
+        _require(
+            isinstance(status_path, str)
+            and status_path.startswith("/")
+            and status_path.endswith("/"),
+            f"status_path must start and end with '/', not {status_path!r}",
+        )
+        self.app = app
+        self.routes = RuleSet(routes)
+        self.exclude = RuleSet(exclude)
+        self.status_path = status_path
+        self.result_ttl = float(result_ttl)
+        self.defer_after = defer_after
+        self.honor_prefer = honor_prefer
+        self.max_body = max_body
+        self.max_wait = float(max_wait)
+        self.metrics = Metrics()
+        self._store_option = store
+        self._store: Store | None = open_store(store) if store is not None else None
+        self._store_lock = threading.Lock()
+        self._secret: bytes | None = None
+        self._last_purge = time.monotonic()
+        self.binding = Binding(bind, self._store_secret)
+        self.runner = TaskRunner(
+            app,
+            self.get_store,
+            result_ttl=self.result_ttl,
+            lease_timeout=float(lease_timeout),
+            on_finished=self._finished,
+        )
+        self.pool = WorkerPool(
+            workers=workers,
+            max_pending=max_pending,
+            max_pending_per_client=max_pending_per_client,
+            heartbeat_interval=float(lease_timeout) / 3,
+            on_heartbeat=self.runner.heartbeat,
+            on_abandon=self.runner.abandon,
+            drain_timeout=drain_timeout,
+        )
+        self.status = StatusEndpoint(
+            self.get_store,
+            max_wait=self.max_wait,
+            owner_of=self.binding.owner_of,
+            on_cancel=self._cancelled_locally,
+        )
+        # Pass-through fast path: one startswith per prefix tuple and a dict lookup.
+        self._status_len = len(status_path)
+        self._prefer_key = "HTTP_PREFER" if honor_prefer else "\0"
+        self._route_prefixes = self.routes.prefixes
+
+    # -- the WSGI entry point --------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.status_path):
+            task_id = path[self._status_len :]
+            if is_task_id(task_id):
+                return self.status(
+                    environ, start_response, task_id, self.status_url(environ, task_id)
+                )
+        if (
+            self.defer_after is None
+            and self._prefer_key not in environ
+            and not path.startswith(self._route_prefixes)
+        ):
+            return self.app(environ, start_response)
+        return self._dispatch(environ, start_response, path)
+
+    def _dispatch(
+        self, environ: dict[str, Any], start_response: StartResponse, path: str
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if self.exclude and self.exclude.matches(method, path):
+            return self.app(environ, start_response)
+        prefs = parse_prefer(environ.get("HTTP_PREFER")) if self.honor_prefer else NO_PREFERENCES
+        marked = prefs.respond_async or self.routes.matches(method, path)
+        if marked:
+            wait = min(prefs.wait or 0.0, self.max_wait)
+        elif self.defer_after is not None:
+            wait = self.defer_after
+        else:
+            return self.app(environ, start_response)
+        return self._defer(environ, start_response, marked, wait, prefs.respond_async)
+
+    # -- deferring -------------------------------------------------------------------------
+
+    def _defer(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        marked: bool,
+        wait: float,
+        asked_async: bool,
+    ) -> Iterable[bytes]:
+        html = wants_html(environ)
+        try:
+            snapshot = capture_request(environ, self.max_body)
+        except BodyError as exc:
+            if not marked and exc.status.startswith("413"):
+                # defer_after alone: too big to buffer for replay, so run it inline, as is.
+                self.metrics.incr("passed_through_large_body")
+                if exc.partial is not None:
+                    head = exc.partial.open()
+                    exc.partial.discard()  # the open reader keeps the data (POSIX)
+                    environ["wsgi.input"] = ChainedInput(head, environ["wsgi.input"])
+                return self.app(environ, start_response)
+            self.metrics.incr("rejected_body")
+            body, ctype = render_message(exc.status, exc.message, html)
+            return respond(start_response, exc.status, body, ctype)
+        try:
+            store = self.get_store(environ)
+            owner = self.binding.owner_of(environ)
+        except StoreUnavailable as exc:
+            snapshot.discard()
+            return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+        client_key = owner or environ.get("REMOTE_ADDR")
+        try:
+            self.pool.reserve(client_key)
+        except ClientLimit as exc:
+            snapshot.discard()
+            self.metrics.incr("rejected_client_limit")
+            return self._busy(start_response, "429 Too Many Requests", str(exc), html)
+        except PoolFull as exc:
+            snapshot.discard()
+            self.metrics.incr("rejected_pool_full")
+            return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+        job = Job(
+            self.runner, new_task_id(), snapshot, owner=owner, client_key=client_key, attached=False
+        )
+        if wait <= 0:
+            try:
+                self.runner.attach(job)
+            except StoreUnavailable as exc:
+                self.pool.release(client_key)
+                snapshot.discard()
+                return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+            self.pool.submit(job)
+        else:
+            self.pool.submit(job)
+            if not self._hand_over_after(job, wait, store):
+                return self._inline(job, environ, start_response)
+        self.metrics.incr("deferred")
+        logger.info("task %s: deferred %s", job.id, snapshot.label)
+        extra = [("Preference-Applied", "respond-async")] if asked_async else []
+        with job.lock:
+            record = job.record()
+        return self.status.accepted(
+            start_response, record, self.status_url(environ, job.id), html, extra_headers=extra
+        )
+
+    def _hand_over_after(self, job: Job, wait: float, store: Store) -> bool:
+        """Wait up to *wait* seconds for an inline finish; True when the job was handed to
+        the store (the client gets a 202), False when it must be answered inline."""
+        if job.done.wait(wait):
+            return False
+        with job.lock:
+            if job.state in (TaskState.DONE, TaskState.FAILED):
+                return False  # finished in the instant between the wait and the lock
+            try:
+                self.runner.attach(job)
+                return True
+            except StoreUnavailable:
+                logger.warning("task %s: store unavailable, answering inline instead", job.id)
+        job.done.wait()  # nothing better to do than what the app would have done inline
+        return False
+
+    def _inline(
+        self, job: Job, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Answer with the job's outcome as if the app had run in this thread."""
+        self.metrics.incr("inline")
+        if job.exc_info is not None:
+            exc = job.exc_info[1]
+            job.exc_info = None
+            raise exc  # "identical": the server sees the app's own exception (DESIGN.md §3)
+        response = job.response
+        assert response is not None
+        start_response(response.status, response.headers)
+        reader = response.body.open()
+        response.body.discard()
+        return serve_body(environ, reader)
+
+    def _busy(
+        self, start_response: StartResponse, status: str, message: str, html: bool
+    ) -> list[bytes]:
+        body, ctype = render_message(status, message, html)
+        return respond(
+            start_response, status, body, ctype, [("Retry-After", str(BUSY_RETRY_AFTER))]
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def status_url(self, environ: dict[str, Any], task_id: str) -> str:
+        """``SCRIPT_NAME + status_path + id`` as an absolute path (works behind proxies)."""
+        script_name = environ.get("SCRIPT_NAME", "").rstrip("/")
+        return (
+            quote(script_name.encode("latin-1", "replace"), safe="/") + self.status_path + task_id
+        )
+
+    def get_store(self, environ: dict[str, Any] | None = None) -> Store:
+        """The store, created on first use (``store=None`` looks at ``wsgi.multiprocess``)."""
+        store = self._store
+        if store is None:
+            with self._store_lock:
+                if self._store is None:
+                    multiprocess = bool(environ and environ.get("wsgi.multiprocess"))
+                    url = default_store_url(multiprocess)
+                    self._store = open_store(url)
+                    logger.info("using store %s", url)
+                store = self._store
+        return store
+
+    def _store_secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = self.get_store().secret()
+        return self._secret
+
+    def _cancelled_locally(self, task_id: str) -> None:
+        job = self.pool.find(task_id)
+        if job is not None:
+            job.cancel_flag.set()  # type: ignore[attr-defined]
+        self.metrics.incr("cancelled")
+
+    def _finished(self, job: Job, outcome: str, elapsed: float) -> None:
+        self.metrics.incr(outcome)
+        self.metrics.observe("run_seconds", elapsed)
+        if time.monotonic() - self._last_purge > PURGE_INTERVAL:
+            self._last_purge = time.monotonic()
+            with contextlib.suppress(StoreUnavailable):
+                self.get_store().purge()
+
+    def stats(self) -> dict[str, object]:
+        """Counters, durations and gauges of this process (for logs, dashboards, tests)."""
+        data = self.metrics.snapshot()
+        data["pending"] = self.pool.pending
+        data["running"] = self.pool.running
+        return data
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the pool (see :meth:`WorkerPool.shutdown`) and close the store."""
+        self.pool.shutdown(timeout)
+        if self._store is not None:
+            self._store.close()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)

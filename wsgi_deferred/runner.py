@@ -1,0 +1,247 @@
+"""One task's journey through a worker thread: claim, replay, buffer, record the outcome.
+
+A :class:`Job` is this process's handle on a task. It starts either *attached* (its record is
+already in the store: a plain marked request, answered ``202`` at once) or *detached* (nobody
+outside this process knows it yet: ``defer_after`` and ``Prefer: wait`` give it a chance to
+finish inline). A detached job that is still running when the inline wait ends is attached
+then; the job's lock makes "finished inline" and "handed to the store" mutually exclusive, so a
+result is never both served inline and stored, nor lost between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .capture import RequestSnapshot
+from .errors import StoreUnavailable
+from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
+from .stores.base import Store
+from .task import TaskRecord, TaskState
+
+__all__ = ["Job", "TaskRunner"]
+
+logger = logging.getLogger("wsgi_deferred")
+
+#: Seconds between two store look-ups made by ``environ["wsgi_deferred.cancelled"]()``.
+CANCEL_CHECK_INTERVAL = 1.0
+
+
+class Job:
+    """This process's handle on one task (see the module docstring)."""
+
+    def __init__(
+        self,
+        runner: TaskRunner,
+        task_id: str,
+        snapshot: RequestSnapshot,
+        *,
+        owner: str | None = None,
+        client_key: str | None = None,
+        attached: bool = True,
+    ) -> None:
+        self.runner = runner
+        self.id = task_id
+        self.snapshot = snapshot
+        self.owner = owner
+        self.client_key = client_key
+        self.attached = attached
+        self.created = time.time()
+        self.state = TaskState.QUEUED
+        self.started: float | None = None
+        self.progress: float | None = None
+        self.message: str | None = None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        #: Set by a local DELETE, a lease renewal that was refused, or shutdown.
+        self.cancel_flag = threading.Event()
+        self._last_cancel_check = 0.0
+        #: Outcome kept for an inline answer (detached jobs only).
+        self.response: BufferedResponse | None = None
+        self.exc_info: ExcInfo | None = None
+
+    def run(self) -> None:
+        self.runner.run(self)
+
+    def record(self) -> TaskRecord:
+        """The store record describing this job now."""
+        return TaskRecord(
+            id=self.id,
+            state=self.state,
+            created=self.created,
+            started=self.started,
+            progress=self.progress,
+            message=self.message,
+            owner=self.owner,
+            label=self.snapshot.label,
+            lease_expires=time.time() + self.runner.lease_timeout,
+        )
+
+    # -- the callables an app finds in its environ -------------------------------------------
+
+    def report_progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """``environ["wsgi_deferred.progress"]``: record progress (0..1) and/or a message."""
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, float(fraction)))
+        if message is not None:
+            message = str(message)[:500]
+        with self.lock:
+            self.progress, self.message = fraction, message
+            attached = self.attached
+        if attached:
+            try:
+                self.runner.store.set_progress(self.id, fraction, message)
+            except StoreUnavailable:
+                logger.warning("task %s: progress not recorded, store unavailable", self.id)
+
+    def is_cancelled(self) -> bool:
+        """``environ["wsgi_deferred.cancelled"]``: True once the client cancelled the task."""
+        if self.cancel_flag.is_set():
+            return True
+        now = time.monotonic()
+        if self.attached and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
+            self._last_cancel_check = now
+            try:
+                record = self.runner.store.get(self.id)
+            except StoreUnavailable:
+                return False
+            if record is None or record.state is TaskState.CANCELLED:
+                self.cancel_flag.set()
+        return self.cancel_flag.is_set()
+
+
+class TaskRunner:
+    """Runs jobs against one app and one store; shared by every worker thread."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        store_getter: Callable[[], Store],
+        *,
+        result_ttl: float,
+        lease_timeout: float,
+        spool_dir: str | None = None,
+        on_finished: Callable[[Job, str, float], None] | None = None,
+    ) -> None:
+        self.app = app
+        self._store_getter = store_getter
+        self.result_ttl = result_ttl
+        self.lease_timeout = lease_timeout
+        self.spool_dir = spool_dir
+        self.on_finished = on_finished
+
+    @property
+    def store(self) -> Store:
+        return self._store_getter()
+
+    def attach(self, job: Job) -> None:
+        """Put *job*'s record in the store (raises StoreUnavailable). Caller holds job.lock
+        for a detached job that may be running."""
+        self.store.create(job.record())
+        job.attached = True
+
+    def run(self, job: Job) -> None:
+        if job.cancel_flag.is_set():
+            job.snapshot.discard()
+            job.done.set()
+            return
+        with job.lock:
+            if job.attached:
+                try:
+                    claimed = self.store.claim(job.id, time.time() + self.lease_timeout)
+                except StoreUnavailable:
+                    logger.error(
+                        "task %s: store unavailable, cannot start; lease will lapse", job.id
+                    )
+                    claimed = False
+                if not claimed:  # cancelled (or marked lost) while queued
+                    job.snapshot.discard()
+                    job.done.set()
+                    return
+            job.state = TaskState.RUNNING
+            job.started = time.time()
+        logger.info("task %s: started %s", job.id, job.snapshot.label)
+        environ = job.snapshot.replay_environ(
+            job.id,
+            {
+                "wsgi_deferred.id": job.id,
+                "wsgi_deferred.progress": job.report_progress,
+                "wsgi_deferred.cancelled": job.is_cancelled,
+            },
+        )
+        response: BufferedResponse | None = None
+        exc_info: ExcInfo | None = None
+        try:
+            response = run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
+        except Exception:
+            exc_info = sys.exc_info()  # type: ignore[assignment]
+        finally:
+            job.snapshot.discard()
+        with job.lock:
+            job.state = TaskState.DONE if response is not None else TaskState.FAILED
+            if not job.attached:
+                # Detached: the inline waiter takes the outcome (and re-raises an error).
+                job.response, job.exc_info = response, exc_info
+                job.done.set()
+                return
+        self._record_outcome(job, response, exc_info)
+        job.done.set()
+
+    def _record_outcome(
+        self, job: Job, response: BufferedResponse | None, exc_info: ExcInfo | None
+    ) -> None:
+        expires = time.time() + self.result_ttl
+        elapsed = time.time() - (job.started or job.created)
+        try:
+            if response is not None:
+                headers = strip_hop_by_hop(response.headers)
+                if self.store.finish(job.id, response.status, headers, response.body, expires):
+                    logger.info("task %s: done, %s in %.3fs", job.id, response.status, elapsed)
+                    outcome = "done"
+                else:
+                    logger.info(
+                        "task %s: finished after it was cancelled; result discarded", job.id
+                    )
+                    outcome = "cancelled"
+            else:
+                assert exc_info is not None
+                logger.error(
+                    "task %s: the application raised; state failed", job.id, exc_info=exc_info
+                )
+                message = f"the application raised {exc_info[0].__name__}"
+                self.store.fail(job.id, TaskState.FAILED.value, message, expires)
+                outcome = "failed"
+        except StoreUnavailable:
+            if response is not None:
+                response.body.discard()
+            logger.error(
+                "task %s: store unavailable, outcome not recorded; lease will lapse", job.id
+            )
+            outcome = "lost"
+        finally:
+            exc_info = None
+        if self.on_finished is not None:
+            self.on_finished(job, outcome, elapsed)
+
+    def heartbeat(self, jobs: list[Any]) -> None:
+        """Renew the leases of this process's attached, unfinished jobs."""
+        live = [job for job in jobs if job.attached and not job.done.is_set()]
+        if not live:
+            return
+        renewed = self.store.renew([job.id for job in live], time.time() + self.lease_timeout)
+        for job in live:
+            if job.id not in renewed:
+                job.cancel_flag.set()  # cancelled, deleted or declared lost elsewhere
+
+    def abandon(self, job: Any, reason: str) -> None:
+        """Shutdown gave up on *job*: make sure no client waits for it forever."""
+        job.cancel_flag.set()
+        with job.lock:
+            attached = job.attached
+        if attached and not job.done.is_set():
+            self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
+            logger.warning("task %s: marked lost: %s", job.id, reason)

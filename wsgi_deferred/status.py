@@ -1,0 +1,213 @@
+"""The status URL: ``SCRIPT_NAME + status_path + id``.
+
+=============  ===================================================================
+``GET/HEAD``   queued/running → ``202`` + ``Location`` + ``Retry-After``;
+               done → the app's own response, verbatim (less hop-by-hop headers);
+               failed/lost → ``500`` naming the state; unknown, expired, deleted,
+               cancelled or not yours → one uniform ``404``.
+               ``Prefer: wait=N`` holds the request up to N s (capped) until the end.
+``DELETE``     ``204``: cancel a queued/running task or delete a result.
+``POST``       with the form field ``action=cancel``: the no-JavaScript cancel button of
+               the waiting page; answers a small "Cancelled" page.
+other          ``405`` with ``Allow: GET, HEAD, DELETE``.
+=============  ===================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from .errors import StoreUnavailable
+from .pages import render_message, render_status, wants_html
+from .replay import StartResponse, serve_body
+from .rules import parse_prefer
+from .stores.base import Store
+from .task import TaskRecord, TaskState
+
+__all__ = ["NO_STORE_HEADERS", "StatusEndpoint", "respond", "retry_after"]
+
+logger = logging.getLogger("wsgi_deferred")
+
+#: Headers on every response the middleware writes itself (DESIGN.md, Security).
+NO_STORE_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+]
+ALLOW = "GET, HEAD, DELETE"
+#: Seconds a store outage tells clients to wait before trying again.
+UNAVAILABLE_RETRY_AFTER = 5
+#: Bytes of form body read for the cancel button (``action=cancel`` is 13 bytes).
+MAX_CANCEL_FORM = 1024
+
+
+def retry_after(record: TaskRecord) -> int:
+    """Seconds until the next poll: quick for young tasks, slower for long ones."""
+    age = time.time() - record.created
+    if age < 10:
+        return 1
+    if age < 60:
+        return 2
+    return 5
+
+
+def respond(
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    content_type: str,
+    extra_headers: Iterable[tuple[str, str]] = (),
+    head: bool = False,
+) -> list[bytes]:
+    """Send one of our own small responses."""
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    headers += NO_STORE_HEADERS
+    headers += extra_headers
+    start_response(status, headers)
+    return [] if head else [body]
+
+
+class StatusEndpoint:
+    """Answers requests for status URLs (the middleware has checked the id format)."""
+
+    def __init__(
+        self,
+        store_getter: Callable[[], Store],
+        *,
+        max_wait: float,
+        owner_of: Callable[[dict[str, Any]], str | None],
+        on_cancel: Callable[[str], None],
+    ) -> None:
+        self._store = store_getter
+        self.max_wait = max_wait
+        self.owner_of = owner_of
+        self.on_cancel = on_cancel
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: StartResponse, task_id: str, url: str
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        html = wants_html(environ)
+        head = method == "HEAD"
+        try:
+            if method in ("GET", "HEAD"):
+                return self._get(environ, start_response, task_id, url, html, head)
+            if method == "DELETE":
+                return self._cancel(environ, start_response, task_id, html, form=False)
+            if method == "POST" and _is_cancel_form(environ):
+                return self._cancel(environ, start_response, task_id, html, form=True)
+        except StoreUnavailable as exc:
+            logger.warning("task %s: status unavailable: %s", task_id, exc)
+            body, ctype = render_message(
+                "503 Service Unavailable", "the task store is unavailable; try again", html
+            )
+            extra = [("Retry-After", str(UNAVAILABLE_RETRY_AFTER))]
+            return respond(start_response, "503 Service Unavailable", body, ctype, extra, head)
+        body, ctype = render_message("405 Method Not Allowed", "method not allowed", html)
+        return respond(start_response, "405 Method Not Allowed", body, ctype, [("Allow", ALLOW)])
+
+    # -- GET / HEAD ------------------------------------------------------------------------
+
+    def _visible(self, environ: dict[str, Any], record: TaskRecord | None) -> TaskRecord | None:
+        """*record*, or None when the requester must get the uniform 404."""
+        if record is None or record.state is TaskState.CANCELLED:
+            return None
+        if record.owner is not None and record.owner != self.owner_of(environ):
+            return None
+        return record
+
+    def _get(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        task_id: str,
+        url: str,
+        html: bool,
+        head: bool,
+    ) -> Iterable[bytes]:
+        store = self._store()
+        record = self._visible(environ, store.get(task_id))
+        wait = parse_prefer(environ.get("HTTP_PREFER")).wait
+        if record is not None and not record.state.is_final and wait:
+            # Long poll (RFC 7240 "wait"): hold the request until the task ends.
+            record = self._visible(environ, store.wait(task_id, min(wait, self.max_wait)))
+        if record is None:
+            return self.not_found(start_response, html, head)
+        if record.state is TaskState.DONE:
+            reader = store.open_body(task_id)
+            if reader is None:  # deleted or expired between the two reads
+                return self.not_found(start_response, html, head)
+            start_response(record.status, list(record.headers or []))
+            if head:
+                reader.close()
+                return []
+            return serve_body(environ, reader)
+        if record.state.is_final:  # failed or lost
+            body, ctype = render_status(record, url, html)
+            return respond(start_response, "500 Internal Server Error", body, ctype, head=head)
+        return self.accepted(start_response, record, url, html, head)
+
+    def accepted(
+        self,
+        start_response: StartResponse,
+        record: TaskRecord,
+        url: str,
+        html: bool,
+        head: bool = False,
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> list[bytes]:
+        """The ``202 Accepted`` for a queued or running task (also the first answer)."""
+        seconds = retry_after(record)
+        body, ctype = render_status(record, url, html, refresh=seconds)
+        headers = [("Location", url), ("Retry-After", str(seconds)), ("Vary", "Accept, Prefer")]
+        if html:
+            headers.append(("Refresh", f"{seconds}; url={url}"))
+        headers += extra_headers
+        return respond(start_response, "202 Accepted", body, ctype, headers, head)
+
+    def not_found(
+        self, start_response: StartResponse, html: bool, head: bool = False
+    ) -> list[bytes]:
+        # One body for unknown, expired, deleted, cancelled and not-yours: existence is never
+        # revealed (DESIGN.md, Security).
+        body, ctype = render_message("404 Not Found", "no such task", html)
+        return respond(start_response, "404 Not Found", body, ctype, head=head)
+
+    # -- DELETE / cancel form --------------------------------------------------------------
+
+    def _cancel(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        task_id: str,
+        html: bool,
+        form: bool,
+    ) -> Iterable[bytes]:
+        store = self._store()
+        if self._visible(environ, store.get(task_id)) is None or not store.cancel(task_id):
+            return self.not_found(start_response, html)
+        self.on_cancel(task_id)
+        logger.info("task %s: cancelled by the client", task_id)
+        if not form:
+            start_response("204 No Content", list(NO_STORE_HEADERS))
+            return []
+        body, ctype = render_message("Cancelled", "The request was cancelled.", html)
+        return respond(start_response, "200 OK", body, ctype)
+
+
+def _is_cancel_form(environ: dict[str, Any]) -> bool:
+    """True for the waiting page's ``<form method=post>`` with ``action=cancel``."""
+    ctype = environ.get("CONTENT_TYPE", "")
+    if not ctype.startswith("application/x-www-form-urlencoded"):
+        return False
+    try:
+        length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_CANCEL_FORM)
+        data = environ["wsgi.input"].read(length) if length > 0 else b""
+    except (ValueError, OSError, KeyError):
+        return False
+    fields = parse_qs(data.decode("latin-1"))
+    return fields.get("action") == ["cancel"]

@@ -1,0 +1,507 @@
+"""The Redis store: ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``).
+
+For several hosts behind a load balancer: any host's status URL serves any host's task.
+State changes are Lua scripts (atomic on the server), expiry is Redis TTLs, and long
+polling blocks in Redis, so a waiter on one host wakes as soon as another host finishes.
+
+Usage::
+
+    from wsgi_deferred import DeferredMiddleware
+    from wsgi_deferred.stores.redis import RedisStore
+
+    store = RedisStore("redis://redis.internal:6379/0", prefix="myapp:deferred:")
+    app = DeferredMiddleware(app, routes=["POST /render/<id>"], store=store)
+
+Key layout (``P`` is the prefix, ``ID`` the task id; ``{ID}`` is a hash tag)::
+
+    P task:{ID}           hash: one field per TaskRecord field (absent = None), plus
+                          ``body`` (upload token) and ``chunks`` (body chunk count)
+    P body:{ID}:<token>   list: the body in ``chunk_size`` pieces; one token per finish attempt
+    P done:{ID}           list holding one token, pushed when the task ends or vanishes
+    P index               sorted set: id -> when purge() may remove it (same time as its TTL)
+    P secret              the shared key behind ``bind`` hashes
+
+Needs Redis >= 6.2 (BLMOVE) and standalone Redis or a single primary (the scripts touch keys
+they compute, which Redis Cluster does not allow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import secrets
+import time
+from typing import BinaryIO, Iterable, Iterator
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..buffers import COPY_CHUNK, SpooledBody
+from ..errors import ConfigurationError, StoreUnavailable
+from ..task import TaskRecord, TaskState
+from .base import STALE_RETENTION, Store
+
+__all__ = ["RedisStore", "DEFAULT_PREFIX", "CHUNK_SIZE"]
+
+DEFAULT_PREFIX = "wsgi_deferred:"
+#: Bytes per body chunk (one Redis list element).
+CHUNK_SIZE = 512 * 1024
+#: Seconds to connect / to wait for a reply; short, so a dead Redis fails fast (503).
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 2.0
+#: Seconds a pooled connection may sit idle before it is PINGed on checkout.
+HEALTH_CHECK_INTERVAL = 10
+#: Longest single BLMOVE inside wait(), in seconds: bounds how long a silently dropped
+#: connection (no FIN from a vanished host) can go unnoticed during a long poll.
+BLOCK_SLICE = 5.0
+#: Seconds the wake-up token of an ended task lives; it only has to outlive the short gap
+#: between a waiter's read and its BLMOVE.
+NOTIFY_TTL = 60.0
+#: TTL of a record that has no lease at all, so that nothing leaks forever.
+UNLEASED_TTL = 24 * 3600.0
+#: Purge index entries whose keys Redis expired more than this many seconds ago are trimmed
+#: on create, so the index stays bounded even if purge() is never called.
+INDEX_GRACE = 60.0
+PURGE_BATCH = 500
+LOST_MESSAGE = "the process running this task stopped renewing its lease"
+
+_FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
+_TEXTS = ("message", "owner", "label", "status")
+
+# Shared head of every per-task script. KEYS: task, done, index; ARGV: now, id, body base.
+# live() applies the store rules before any transition: an expired record is dropped, an
+# unfinished one whose lease ran out becomes `lost` (persisted, so every host agrees).
+_PRELUDE = """
+local task, done, index = KEYS[1], KEYS[2], KEYS[3]
+local now, id, body_base = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local STALE = %(stale)r
+local function notify()  -- one token that waiters rotate with BLMOVE, so all of them wake
+  redis.call('DEL', done)
+  redis.call('RPUSH', done, '1')
+  redis.call('PEXPIRE', done, %(notify_ms)d)
+end
+local function body_key()
+  local token = redis.call('HGET', task, 'body')
+  return token and (body_base .. token)
+end
+local function drop()
+  local body = body_key()
+  if body then redis.call('UNLINK', body) end
+  redis.call('UNLINK', task)
+  redis.call('ZREM', index, id)
+  notify()
+end
+local function keep_until(at)  -- record, body and purge index all end at `at`
+  local ms = math.floor(at * 1000)
+  redis.call('PEXPIREAT', task, ms)
+  local body = body_key()
+  if body then redis.call('PEXPIREAT', body, ms) end
+  redis.call('ZADD', index, at, id)
+end
+local function leased_until(lease)
+  local at = lease + STALE
+  local expires = tonumber(redis.call('HGET', task, 'expires'))
+  if expires and expires < at then at = expires end
+  keep_until(at)
+end
+local function live()
+  local f = redis.call('HMGET', task, 'state', 'lease_expires', 'expires')
+  local state = f[1]
+  if not state then return false end
+  if f[3] and tonumber(f[3]) < now then drop() return false end
+  if (state == 'queued' or state == 'running') and f[2] and tonumber(f[2]) < now then
+    redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', %(lost)s,
+               'expires', now + STALE)
+    keep_until(now + STALE)
+    notify()
+    return 'lost'
+  end
+  return state
+end
+local function unfinished(state) return state == 'queued' or state == 'running' end
+""" % {"stale": STALE_RETENTION, "notify_ms": int(NOTIFY_TTL * 1000), "lost": json.dumps(LOST_MESSAGE)}
+
+_SCRIPTS = {
+    "read": "if not live() then return false end return redis.call('HGETALL', task)",
+    # ARGV[4]: purge deadline; ARGV[5..]: field/value pairs.
+    "create": """
+if redis.call('EXISTS', task) == 1 then return 0 end
+redis.call('HSET', task, unpack(ARGV, 5))
+keep_until(tonumber(ARGV[4]))
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now - %r)
+return 1""" % INDEX_GRACE,
+    "claim": """
+if live() ~= 'queued' then return 0 end
+redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[4])
+leased_until(tonumber(ARGV[4]))
+return 1""",
+    "renew": """
+if not unfinished(live()) then return 0 end
+redis.call('HSET', task, 'lease_expires', ARGV[4])
+leased_until(tonumber(ARGV[4]))
+return 1""",
+    # ARGV[4..7]: has progress, progress, has message, message.
+    "progress": """
+if not unfinished(live()) then return 0 end
+if ARGV[4] == '1' then redis.call('HSET', task, 'progress', ARGV[5])
+else redis.call('HDEL', task, 'progress') end
+if ARGV[6] == '1' then redis.call('HSET', task, 'message', ARGV[7])
+else redis.call('HDEL', task, 'message') end
+return 1""",
+    # ARGV[4..9]: upload token, chunk count, status, headers JSON, body size, expires.
+    "finish": """
+if not unfinished(live()) then
+  redis.call('UNLINK', body_base .. ARGV[4])  -- lost the race: its uploaded chunks go too
+  return 0
+end
+redis.call('HSET', task, 'state', 'done', 'finished', ARGV[1], 'body', ARGV[4],
+           'chunks', ARGV[5], 'status', ARGV[6], 'headers', ARGV[7], 'body_size', ARGV[8],
+           'expires', ARGV[9])
+keep_until(tonumber(ARGV[9]))
+notify()
+return 1""",
+    # ARGV[4..7]: end state, has message, message, expires.
+    "fail": """
+if not unfinished(live()) then return 0 end
+redis.call('HSET', task, 'state', ARGV[4], 'finished', ARGV[1], 'expires', ARGV[7])
+if ARGV[5] == '1' then redis.call('HSET', task, 'message', ARGV[6])
+else redis.call('HDEL', task, 'message') end
+keep_until(tonumber(ARGV[7]))
+notify()
+return 1""",
+    "cancel": """
+local state = live()
+if not state or state == 'cancelled' then return 0 end
+if unfinished(state) then
+  redis.call('HSET', task, 'state', 'cancelled', 'finished', ARGV[1], 'expires', now + STALE)
+  keep_until(now + STALE)
+  notify()
+else
+  drop()
+end
+return 1""",
+}
+
+# KEYS: index; ARGV: now, prefix, batch size. Returns {ids looked at, records removed}.
+_PURGE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
+local removed = 0
+for _, id in ipairs(ids) do
+  local task, done = ARGV[2] .. 'task:{' .. id .. '}', ARGV[2] .. 'done:{' .. id .. '}'
+  local token = redis.call('HGET', task, 'body')
+  if token then redis.call('UNLINK', ARGV[2] .. 'body:{' .. id .. '}:' .. token) end
+  removed = removed + redis.call('UNLINK', task)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', done)
+  redis.call('RPUSH', done, '1')
+  redis.call('PEXPIRE', done, %d)
+end
+return {#ids, removed}
+""" % int(NOTIFY_TTL * 1000)
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn every redis-py error into the one exception the middleware knows (503)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
+
+
+class RedisStore(Store):
+    """Tasks in Redis, shared by every process and host that uses the same *prefix*."""
+
+    shared = True
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        chunk_size: int = CHUNK_SIZE,
+        **client_options: object,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ConfigurationError("chunk_size must be positive")
+        self.prefix = prefix
+        self.chunk_size = chunk_size
+        # Margin added to a long poll's block time for its reply to arrive.
+        self.socket_timeout = socket_timeout
+        self._owns_client = isinstance(client_or_url, str)
+        if isinstance(client_or_url, str):
+            options: dict[str, object] = {
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                "health_check_interval": HEALTH_CHECK_INTERVAL,
+                # No retries: a dead Redis must fail fast, and a blind retry of RPUSH or of
+                # a script whose reply was lost could apply it twice. The pool already
+                # replaces connections the server closed when it hands them out.
+                "retry": Retry(NoBackoff(), 0),
+                **client_options,
+            }
+            self._redis: redis.Redis = redis.Redis.from_url(client_or_url, **options)
+        else:
+            self._redis = client_or_url
+        if self._redis.connection_pool.get_encoder().decode_responses:
+            raise ConfigurationError("RedisStore needs a client with decode_responses=False")
+        self._scripts = {
+            name: self._redis.register_script(_PRELUDE + source)
+            for name, source in _SCRIPTS.items()
+        }
+        self._purge = self._redis.register_script(_PURGE)
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> RedisStore:
+        """The store for ``redis://``, ``rediss://`` or ``unix://`` *url*."""
+        return cls(url, **options)  # type: ignore[arg-type]
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _key(self, kind: str, task_id: str) -> str:
+        return f"{self.prefix}{kind}:{{{task_id}}}"
+
+    def _body_key(self, task_id: str, token: str) -> str:
+        return f"{self._key('body', task_id)}:{token}"
+
+    def _run(self, name: str, task_id: str, *args: object, client: object = None) -> object:
+        keys = [self._key("task", task_id), self._key("done", task_id), self.prefix + "index"]
+        head = [repr(time.time()), task_id, self._key("body", task_id) + ":"]
+        return self._scripts[name](keys, [*head, *args], client=client)  # type: ignore[arg-type]
+
+    # -- creating and running --------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> None:
+        now = time.time()
+        deadlines = [now + UNLEASED_TTL]
+        if record.lease_expires is not None:
+            deadlines = [record.lease_expires + STALE_RETENTION]
+        if record.expires is not None:
+            deadlines.append(record.expires)
+        fields: list[str] = []
+        for name, value in _encode(record).items():
+            fields += [name, value]
+        with _unavailable():
+            created = self._run("create", record.id, repr(min(deadlines)), *fields)
+        if not created:
+            raise ValueError(f"task {record.id} already exists")
+
+    def claim(self, task_id: str, lease_expires: float) -> bool:
+        with _unavailable():
+            return bool(self._run("claim", task_id, repr(float(lease_expires))))
+
+    def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return set()
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=False)
+            for task_id in ids:
+                self._run("renew", task_id, repr(float(lease_expires)), client=pipe)
+            results = pipe.execute()
+        return {task_id for task_id, ok in zip(ids, results) if ok}
+
+    def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
+        with _unavailable():
+            self._run("progress", task_id, *_optional(progress), *_optional(message))
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish(
+        self,
+        task_id: str,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: SpooledBody,
+        expires: float,
+    ) -> bool:
+        try:
+            current = self.get(task_id)  # cheap early exit: don't upload a refused body
+            if current is None or current.state.is_final:
+                return False
+            # A fresh key per attempt: a finish that loses the race (or crashes halfway)
+            # never mixes its chunks with a winner's; the script deletes them on a loss,
+            # and the TTL set here cleans up after a crash.
+            token = secrets.token_hex(8)
+            body_key = self._body_key(task_id, token)
+            chunks = 0
+            with _unavailable():
+                for chunk in body.iter_chunks(self.chunk_size):
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.rpush(body_key, chunk)
+                    if not chunks:
+                        pipe.expire(body_key, int(STALE_RETENTION))
+                    pipe.execute()
+                    chunks += 1
+                return bool(
+                    self._run(
+                        "finish", task_id, token, chunks, status,
+                        json.dumps([list(h) for h in headers]), body.size, repr(float(expires)),
+                    )
+                )
+        finally:
+            body.discard()
+
+    def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
+        end_state = TaskState(state)
+        with _unavailable():
+            return bool(
+                self._run("fail", task_id, end_state.value, *_optional(message), repr(expires))
+            )
+
+    def cancel(self, task_id: str) -> bool:
+        with _unavailable():
+            return bool(self._run("cancel", task_id))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with _unavailable():
+            flat = self._run("read", task_id)
+        if not flat:
+            return None
+        items = iter(flat)  # type: ignore[call-overload]
+        return _decode(task_id, {k.decode(): v.decode() for k, v in zip(items, items)})
+
+    def open_body(self, task_id: str) -> BinaryIO | None:
+        with _unavailable():
+            flat = self._run("read", task_id)
+            fields = dict(zip(flat[::2], flat[1::2])) if flat else {}  # type: ignore[index]
+            if fields.get(b"state") != b"done" or b"body" not in fields:
+                return None
+            key = self._body_key(task_id, fields[b"body"].decode())
+            count = int(fields[b"chunks"])
+            first = self._redis.lindex(key, 0) if count else b""
+        if first is None:  # expired or deleted between the two calls
+            return None
+        raw = _ChunkReader(self._redis, key, count, first)  # type: ignore[arg-type]
+        return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        done_key = self._key("done", task_id)
+        while True:
+            record = self.get(task_id)
+            remaining = deadline - time.monotonic()
+            if record is None or record.state.is_final or remaining <= 0:
+                return record
+            block = min(remaining, BLOCK_SLICE)
+            if record.lease_expires is not None:
+                # Wake just after the lease would run out, so `lost` is reported on time.
+                block = min(block, record.lease_expires - time.time() + 0.005)
+            self._block_on(done_key, max(block, 0.01))  # 0 would mean "forever"
+
+    def _block_on(self, key: str, seconds: float) -> None:
+        """BLMOVE the wake-up token onto itself, for up to *seconds*.
+
+        Rotating instead of popping leaves the token in place, so every waiter on the task
+        (Redis serves blocked clients one after another) and any late one sees it. The
+        command runs on a pooled connection with a per-call read timeout larger than the
+        block, so a long poll never trips the short socket timeout; a server that dies
+        closes the socket and the read fails at once."""
+        pool = self._redis.connection_pool
+        with _unavailable():
+            conn = pool.get_connection()
+            try:
+                conn.send_command("BLMOVE", key, key, "RIGHT", "LEFT", round(seconds, 3))
+                conn.read_response(timeout=seconds + self.socket_timeout)
+            finally:
+                pool.release(conn)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def purge(self, now: float | None = None) -> int:
+        # Redis TTLs do the real work; the index finds what must go before its TTL when
+        # a caller asks with a later `now`.
+        now = time.time() if now is None else now
+        removed = 0
+        with _unavailable():
+            while True:
+                seen, gone = self._purge(
+                    [self.prefix + "index"], [repr(now), self.prefix, PURGE_BATCH]
+                )
+                removed += int(gone)
+                if int(seen) < PURGE_BATCH:
+                    return removed
+
+    def secret(self) -> bytes:
+        # Not cached: if Redis lost its data, every host must move to the same new key.
+        key = self.prefix + "secret"
+        with _unavailable():
+            value = self._redis.get(key)
+            if value is None:
+                self._redis.set(key, secrets.token_bytes(32), nx=True)
+                value = self._redis.get(key)
+        if not value:
+            raise StoreUnavailable("Redis store lost the shared secret while creating it")
+        return bytes(value)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._owns_client:  # a client handed in belongs to its owner
+            self._redis.close()
+
+
+class _ChunkReader(io.RawIOBase):
+    """Reads a body list one chunk at a time (LINDEX), holding one chunk in memory."""
+
+    def __init__(self, client: redis.Redis, key: str, count: int, first: bytes) -> None:
+        self._client, self._key, self._count = client, key, count
+        self._next = 1
+        self._view = memoryview(first)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._view:
+            if self._next >= self._count:
+                return 0
+            with _unavailable():
+                chunk = self._client.lindex(self._key, self._next)
+            if chunk is None:  # deleted or expired mid-read: never serve a silent truncation
+                raise StoreUnavailable("the result was deleted while it was being read")
+            self._next += 1
+            self._view = memoryview(chunk)  # type: ignore[arg-type]
+        n = min(len(buffer), len(self._view))
+        buffer[:n] = self._view[:n]
+        self._view = self._view[n:]
+        return n
+
+
+def _optional(value: object) -> tuple[str, str]:
+    """A (present flag, text) pair: Lua cannot tell None from an empty string otherwise."""
+    if value is None:
+        return ("0", "")
+    return ("1", repr(float(value)) if isinstance(value, (int, float)) else str(value))
+
+
+def _encode(record: TaskRecord) -> dict[str, str]:
+    fields = {"state": TaskState(record.state).value}
+    for name in _FLOATS:
+        if (value := getattr(record, name)) is not None:
+            fields[name] = repr(float(value))
+    for name in _TEXTS:
+        if (value := getattr(record, name)) is not None:
+            fields[name] = str(value)
+    if record.headers is not None:
+        fields["headers"] = json.dumps([list(h) for h in record.headers])
+    if record.body_size is not None:
+        fields["body_size"] = str(record.body_size)
+    return fields
+
+
+def _decode(task_id: str, fields: dict[str, str]) -> TaskRecord:
+    record = TaskRecord(id=task_id, state=TaskState(fields["state"]))
+    for name in _FLOATS:
+        setattr(record, name, float(fields[name]) if name in fields else None)
+    for name in _TEXTS:
+        setattr(record, name, fields.get(name))
+    if "headers" in fields:
+        record.headers = [(str(k), str(v)) for k, v in json.loads(fields["headers"])]
+    if "body_size" in fields:
+        record.body_size = int(fields["body_size"])
+    return record

@@ -1,0 +1,477 @@
+"""The single-host, multi-process store: ``sqlite:///path/to.db``.
+
+Every worker process of one deployment (``gunicorn -w N``) opens the same database file, so a
+status poll can land on any of them. The database runs in WAL mode (readers never wait for the
+writer) with ``synchronous=NORMAL``; each thread of each process has its own connection, and a
+process forked after the store was used (``gunicorn --preload``) opens fresh ones. Result bodies
+are files in ``<database>.bodies/`` beside the database, so they are streamed from disk and never
+held in memory or in the database.
+
+URL rule: the text after ``sqlite://`` is the path. ``sqlite:///var/tmp/d.db`` is the absolute
+path ``/var/tmp/d.db``; SQLAlchemy's absolute form ``sqlite:////var/tmp/d.db`` means the same;
+``sqlite://relative/d.db`` is ``relative/d.db`` under the current directory (resolved once, when
+the store is made). Missing parent directories are created.
+
+Usage::
+
+    from wsgi_deferred import DeferredMiddleware
+    from wsgi_deferred.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore("/var/lib/myapp/deferred.db", busy_timeout=5.0)
+    # or: SQLiteStore.from_url("sqlite:///var/lib/myapp/deferred.db")
+    app = DeferredMiddleware(app, routes=["POST /render/<id>"], store=store)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, TypeVar
+
+from ..buffers import SpooledBody
+from ..errors import ConfigurationError, StoreUnavailable
+from ..task import TaskRecord, TaskState
+from .base import STALE_RETENTION, Store
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "id", "state", "created", "started", "finished", "progress", "message", "owner", "label",
+    "lease_expires", "expires", "status", "headers", "body_size",
+)  # fmt: skip
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks WHERE id = :id"
+# No secondary index: the table only holds unexpired tasks, and purge's OR would scan anyway.
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL,
+    finished REAL, progress REAL, message TEXT, owner TEXT, label TEXT, lease_expires REAL,
+    expires REAL, status TEXT, headers TEXT, body_size INTEGER, body_file TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+COMMIT;
+"""
+# A task that may still change: unfinished, lease not run out, not expired. Every transition
+# is one UPDATE guarded by this, so of two racing processes exactly one sees rowcount 1.
+_LIVE = (
+    "state IN ('queued', 'running') AND (lease_expires IS NULL OR lease_expires >= :now)"
+    " AND (expires IS NULL OR expires >= :now)"
+)
+_LOST_MESSAGE = "the process running this task stopped renewing its lease"
+_POLL_MIN, _POLL_MAX = 0.005, 0.1  # seconds between polls in wait(), growing
+# Unreferenced body files younger than this (real seconds) may belong to a finish() that has
+# written its file but not yet committed its row; purge() leaves them alone.
+_ORPHAN_GRACE = 600.0
+
+# Connections inherited through fork(). SQLite forbids using them in the child, and closing
+# them there could checkpoint or unlink the parent's WAL, so they are parked here for good
+# (a garbage-collected Connection closes itself).
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class _Handle:
+    """One thread's connection; closed when the thread ends and its ``threading.local`` dies."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.pid = conn, os.getpid()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # may run at interpreter exit
+            if self.pid == os.getpid():
+                self.conn.close()
+            else:
+                _INHERITED.append(self.conn)
+
+
+class SQLiteStore(Store):
+    """Tasks in a SQLite database shared by the processes of one host; bodies as files."""
+
+    shared = True
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        # Absolute now, so a later chdir (daemonizing) cannot point the store elsewhere.
+        self.path = os.path.abspath(path)
+        self.busy_timeout = busy_timeout
+        self.bodies_dir = self.path + ".bodies"
+        try:
+            os.makedirs(self.bodies_dir, exist_ok=True)  # also creates the db's parents
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.bodies_dir}: {exc}") from exc
+        self._local = threading.local()
+        self._ready = False  # schema created by this instance
+        self._secret: bytes | None = None
+        self._generation = 0  # bumped by every final transition made through this instance
+        self._cond_pid = os.getpid()
+        self._changed = threading.Condition()
+
+    @classmethod
+    def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SQLiteStore:
+        """The store named by ``sqlite://PATH`` (see the module docstring for PATH)."""
+        scheme, sep, path = url.partition("://")
+        if scheme.lower() != "sqlite" or not sep:
+            raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+        if path.startswith("//"):  # SQLAlchemy's sqlite:////abs/path
+            path = "/" + path.lstrip("/")
+        if path in ("", "/", ":memory:"):  # :memory: would be a private database per thread
+            raise ConfigurationError(f"sqlite URL {url!r} names no database file")
+        return cls(path, busy_timeout=busy_timeout)
+
+    # -- connections and retries -----------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        handle: _Handle | None = getattr(self._local, "handle", None)
+        if handle is not None and handle.pid == os.getpid():
+            return handle.conn
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves. check_same_thread=False only
+        # so _Handle.__del__ may close it from whichever thread runs the finalizer.
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # results are ephemeral: no fsync per commit
+            if not self._ready:
+                conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._ready = True
+        self._local.handle = _Handle(conn)  # an inherited handle is parked by its __del__
+        return conn
+
+    def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *operation* on this thread's connection. SQLite's busy handler already waits
+        up to busy_timeout; the loop retries the BUSY errors it returns early (WAL recovery,
+        stale snapshots) until the deadline. Nothing sqlite3 escapes: StoreUnavailable."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = _POLL_MIN
+        while True:
+            try:
+                return operation(self._connection())
+            except sqlite3.Error as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not (busy and time.monotonic() + pause < deadline):
+                    raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+
+    def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """*operation* inside BEGIN IMMEDIATE: the write lock is taken up front, so a
+        read-then-write never fails halfway on a lock upgrade."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = operation(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._run(run)
+
+    def _update(self, sql: str, params: dict[str, object]) -> int:
+        """One autocommitted statement (atomic by itself); its rowcount."""
+        return self._run(lambda conn: conn.execute(sql, params).rowcount)
+
+    def _condition(self) -> threading.Condition:
+        # A Condition copied by fork may be held by a thread that no longer exists: renew it.
+        if self._cond_pid != os.getpid():
+            self._cond_pid, self._changed = os.getpid(), threading.Condition()
+        return self._changed
+
+    def _notify(self) -> None:
+        changed = self._condition()
+        with changed:
+            self._generation += 1
+            changed.notify_all()
+
+    # -- creating and running --------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> None:
+        values = record.to_dict()
+        values["headers"] = json.dumps(values["headers"]) if record.headers is not None else None
+        sql = f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES (:{', :'.join(_COLUMNS)})"
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(sql, values)
+            except sqlite3.IntegrityError:
+                raise ValueError(f"task {record.id} already exists") from None
+
+        self._run(insert)
+
+    def claim(self, task_id: str, lease_expires: float) -> bool:
+        now = time.time()
+        sql = (
+            "UPDATE tasks SET state = 'running', started = :now, lease_expires = :lease"
+            f" WHERE id = :id AND state = 'queued' AND {_LIVE}"
+        )
+        return self._update(sql, {"id": task_id, "now": now, "lease": lease_expires}) == 1
+
+    def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
+        ids, now = list(task_ids), time.time()
+        sql = f"UPDATE tasks SET lease_expires = :lease WHERE id = :id AND {_LIVE}"
+
+        def renew_all(conn: sqlite3.Connection) -> set[str]:
+            params = {"now": now, "lease": lease_expires}
+            return {i for i in ids if conn.execute(sql, {**params, "id": i}).rowcount == 1}
+
+        return self._transaction(renew_all) if ids else set()
+
+    def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
+        sql = (
+            f"UPDATE tasks SET progress = :progress, message = :message WHERE id = :id AND {_LIVE}"
+        )
+        params = {"id": task_id, "now": time.time(), "progress": progress, "message": message}
+        self._update(sql, params)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish(
+        self,
+        task_id: str,
+        status: str,
+        headers: list[tuple[str, str]],
+        body: SpooledBody,
+        expires: float,
+    ) -> bool:
+        size = body.size
+        try:
+            if not self._is_live(task_id):  # spare copying a big body nobody will fetch
+                return False
+            try:
+                name = self._write_body(task_id, body)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot store the body of {task_id}: {exc}") from exc
+        finally:
+            body.discard()
+        # The file exists before the row points at it; if the row update loses (a cancel got
+        # in while we wrote) or fails, the file goes, so no result is left behind unowned.
+        sql = (
+            "UPDATE tasks SET state = 'done', finished = :now, status = :status,"
+            " headers = :headers, body_size = :size, expires = :expires, body_file = :file"
+            f" WHERE id = :id AND {_LIVE}"
+        )
+        params = {
+            "id": task_id, "now": time.time(), "status": status, "size": size,
+            "headers": json.dumps([list(h) for h in headers]), "expires": expires, "file": name,
+        }  # fmt: skip
+        won = False
+        try:
+            won = self._update(sql, params) == 1
+        finally:
+            if not won:
+                self._unlink(name)
+        if won:
+            self._notify()
+        return won
+
+    def _write_body(self, task_id: str, body: SpooledBody) -> str:
+        """Put *body* in a new file in bodies_dir; return its name (unique per call, so two
+        finishes of one id can never delete each other's file)."""
+        name = f"{task_id}.{secrets.token_hex(4)}"
+        final = os.path.join(self.bodies_dir, name)
+        if body.path is not None:
+            body.open().close()  # flushes the spill file's write buffer
+            try:
+                # A second name for the spill file's inode: no copy; discard() then removes
+                # only the spill name. Fails across filesystems (EXDEV): copy instead.
+                os.link(body.path, final)
+                return name
+            except OSError:
+                pass
+        fd, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.bodies_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in body.iter_chunks():
+                    out.write(chunk)
+            os.replace(temp, final)  # readers never see a half-written body
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return name
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.bodies_dir, name))
+
+    def _is_live(self, task_id: str) -> bool:
+        sql = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
+        params = {"id": task_id, "now": time.time()}
+        return self._run(lambda conn: conn.execute(sql, params).fetchone() is not None)
+
+    def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
+        end_state = TaskState(state)
+        if end_state not in (TaskState.FAILED, TaskState.LOST):
+            raise ValueError(f"fail() takes 'failed' or 'lost', not {state!r}")
+        sql = (
+            "UPDATE tasks SET state = :state, finished = :now, message = :message,"
+            f" expires = :expires WHERE id = :id AND {_LIVE}"
+        )
+        params = {"id": task_id, "state": end_state.value, "now": time.time()}
+        if self._update(sql, {**params, "message": message, "expires": expires}) != 1:
+            return False
+        self._notify()
+        return True
+
+    def cancel(self, task_id: str) -> bool:
+        now = time.time()
+
+        def cancel_one(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = conn.execute(
+                "SELECT state, lease_expires, expires, body_file FROM tasks WHERE id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None or (row[2] is not None and row[2] < now) or row[0] == "cancelled":
+                return False, None
+            lease_ran_out = row[1] is not None and row[1] < now
+            if TaskState(row[0]).is_final or lease_ran_out:  # finished (or lost): delete
+                conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+                return True, row[3]
+            conn.execute(
+                "UPDATE tasks SET state = 'cancelled', finished = ?, expires = ? WHERE id = ?",
+                (now, now + STALE_RETENTION, task_id),
+            )
+            return True, None
+
+        existed, body_file = self._transaction(cancel_one)
+        if body_file is not None:  # after COMMIT: open readers keep reading (POSIX)
+            self._unlink(body_file)
+        if existed:
+            self._notify()
+        return existed
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        while True:
+            now = time.time()
+            row = self._run(lambda conn: conn.execute(_SELECT, {"id": task_id}).fetchone())
+            if row is None:
+                return None
+            values = dict(zip(_COLUMNS, row, strict=True))
+            if values["headers"] is not None:
+                values["headers"] = json.loads(values["headers"])
+            record = TaskRecord.from_dict(values)
+            if record.expires is not None and record.expires < now:
+                return None  # purge() deletes it for good
+            if not record.lease_ran_out(now):
+                return record
+            # Persist `lost` so every process agrees on it (and on when it happened). If the
+            # update loses, someone renewed or ended the task meanwhile: read it again.
+            lost = {"state": TaskState.LOST, "finished": now, "message": _LOST_MESSAGE,
+                    "expires": now + STALE_RETENTION}  # fmt: skip
+            sql = (
+                "UPDATE tasks SET state = 'lost', finished = :finished, message = :message,"
+                " expires = :expires WHERE id = :id AND state IN ('queued', 'running')"
+                " AND lease_expires < :now"
+            )
+            if self._update(sql, {**lost, "id": task_id, "now": now}) == 1:
+                self._notify()
+                return record.copy(**lost)
+
+    def open_body(self, task_id: str) -> BinaryIO | None:
+        sql = (
+            "SELECT body_file FROM tasks WHERE id = :id AND state = 'done'"
+            " AND (expires IS NULL OR expires >= :now)"
+        )
+        params = {"id": task_id, "now": time.time()}
+        row = self._run(lambda conn: conn.execute(sql, params).fetchone())
+        if row is None or row[0] is None:
+            return None
+        try:
+            return open(os.path.join(self.bodies_dir, row[0]), "rb")
+        except FileNotFoundError:  # deleted by a concurrent cancel or purge
+            return None
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = _POLL_MIN
+        while True:
+            changed = self._condition()
+            with changed:
+                seen = self._generation  # read before get(): a notify in between is not missed
+            record = self.get(task_id)
+            remaining = deadline - time.monotonic()
+            if record is None or record.state.is_final or remaining <= 0:
+                return record
+            nap = min(pause, remaining)
+            if record.lease_expires is not None:  # wake when the lease would run out
+                nap = min(nap, max(0.001, record.lease_expires - time.time()))
+            # Another process's writes are only seen by polling; this process's wake us at once.
+            with changed:
+                if self._generation == seen:
+                    changed.wait(nap)
+            pause = min(pause * 2, _POLL_MAX)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def purge(self, now: float | None = None) -> int:
+        params = {"now": time.time() if now is None else now}
+        params["stale"] = params["now"] - STALE_RETENTION
+        where = "expires < :now OR (state IN ('queued', 'running') AND lease_expires < :stale)"
+
+        def purge_rows(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            files = conn.execute(
+                f"SELECT body_file FROM tasks WHERE body_file IS NOT NULL AND ({where})", params
+            ).fetchall()
+            removed = conn.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount
+            return [f[0] for f in files], removed
+
+        files, removed = self._transaction(purge_rows)
+        for name in files:
+            self._unlink(name)
+        self._sweep_orphans()
+        return removed
+
+    def _sweep_orphans(self) -> None:
+        """Remove body files no row names: left by a process killed between writing a body
+        and committing its row. Uses real time, not purge's *now*: it is about file ages."""
+        sql = "SELECT body_file FROM tasks WHERE body_file IS NOT NULL"
+        known = {r[0] for r in self._run(lambda conn: conn.execute(sql).fetchall())}
+        cutoff = time.time() - _ORPHAN_GRACE
+        with contextlib.suppress(OSError), os.scandir(self.bodies_dir) as entries:
+            for entry in entries:  # listed after the query: see _ORPHAN_GRACE
+                with contextlib.suppress(OSError):
+                    info = entry.stat()
+                    # ctime too: link() and rename() update it, mtime they keep.
+                    if entry.name not in known and max(info.st_mtime, info.st_ctime) < cutoff:
+                        os.unlink(entry.path)
+
+    def secret(self) -> bytes:
+        if self._secret is None:
+
+            def load(conn: sqlite3.Connection) -> bytes:
+                # OR IGNORE: the first process to get here wins; everyone reads its key.
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
+                    (secrets.token_bytes(32),),
+                )
+                return bytes(
+                    conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
+                )
+
+            self._secret = self._run(load)
+        return self._secret
+
+    def close(self) -> None:
+        handle: _Handle | None = getattr(self._local, "handle", None)
+        self._local.handle = None
+        if handle is not None and handle.pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                handle.conn.close()
