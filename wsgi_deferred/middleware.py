@@ -75,6 +75,7 @@ class DeferredMiddleware:
         max_pending_per_client: int | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        metrics_path: str | None = None,
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {app!r}")
@@ -104,6 +105,13 @@ class DeferredMiddleware:
         self.honor_prefer = honor_prefer
         self.max_body = max_body
         self.max_wait = float(max_wait)
+        _require(
+            metrics_path is None
+            or (metrics_path.startswith("/") and not metrics_path.startswith(status_path)),
+            f"metrics_path must start with '/' and lie outside status_path, not {metrics_path!r}",
+        )
+        #: Path of the Prometheus text endpoint, off (None) by default.
+        self.metrics_path = metrics_path
         self.metrics = Metrics()
         self._store_option = store
         self._store: Store | None = open_store(store) if store is not None else None
@@ -148,6 +156,8 @@ class DeferredMiddleware:
                 return self.status(
                     environ, start_response, task_id, self.status_url(environ, task_id)
                 )
+        if path == self.metrics_path:
+            return self.metrics.serve(self.stats(), environ, start_response)
         if (
             self.defer_after is None
             and self._prefer_key not in environ
