@@ -4,8 +4,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from store_contract import StoreContract, body_of, new_record
+
 from wsgi_deferred.stores.memory import MemoryStore
 
 
