@@ -322,8 +322,11 @@ class DeferredMiddleware:
         self.metrics.incr("cancelled")
 
     def _finished(self, job: Job, outcome: str, elapsed: float) -> None:
-        self.metrics.incr(outcome)
+        if outcome != "cancelled":  # a cancel is counted once, where it is accepted
+            self.metrics.incr(outcome)
         self.metrics.observe("run_seconds", elapsed)
+        if job.started is not None:
+            self.metrics.observe("wait_seconds", job.started - job.created)
         if time.monotonic() - self._last_purge > PURGE_INTERVAL:
             self._last_purge = time.monotonic()
             with contextlib.suppress(StoreUnavailable):
@@ -332,8 +335,9 @@ class DeferredMiddleware:
     def stats(self) -> dict[str, object]:
         """Counters, durations and gauges of this process (for logs, dashboards, tests)."""
         data = self.metrics.snapshot()
-        data["pending"] = self.pool.pending
-        data["running"] = self.pool.running
+        data["pending"] = pending = self.pool.pending
+        data["running"] = running = self.pool.running
+        data["queued"] = max(0, pending - running)
         return data
 
     def close(self, timeout: float | None = None) -> None:
