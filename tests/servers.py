@@ -58,10 +58,15 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]
-        )
         env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [
+                self.env.get("PYTHONPATH", ""),
+                str(ROOT),
+                str(ROOT / "tests"),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        )
         command = [
             sys.executable, "-m", "gunicorn",
             "--bind", f"127.0.0.1:{self.port}",
@@ -90,9 +95,13 @@ class Gunicorn:
                 raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if len(self.worker_pids()) >= self.workers:
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not start within {START_TIMEOUT}s:\n{self.log()}")
 
     def log(self) -> str:
