@@ -21,8 +21,12 @@ Key layout (``P`` is the prefix, ``ID`` the task id; ``{ID}`` is a hash tag)::
     P index               sorted set: id -> when purge() may remove it (same time as its TTL)
     P secret              the shared key behind ``bind`` hashes
 
-Needs Redis >= 6.2 (BLMOVE) and standalone Redis or a single primary (the scripts touch keys
-they compute, which Redis Cluster does not allow).
+Long polls: every end transition (and every deletion) leaves one token in ``done:{ID}``;
+waiters ``BLMOVE`` that list onto itself, a rotation that never consumes the token, so every
+waiter on every host wakes at once (Redis serves its blocked clients one after another).
+
+Needs Redis >= 6.2 (BLMOVE), redis-py >= 5.3 (per-call read timeouts), and standalone Redis
+or one primary: the scripts touch keys they compute, which Redis Cluster does not allow.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import io
 import json
 import secrets
 import time
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,7 +48,7 @@ from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
 
-__all__ = ["RedisStore", "DEFAULT_PREFIX", "CHUNK_SIZE"]
+__all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
 
 DEFAULT_PREFIX = "wsgi_deferred:"
 #: Bytes per body chunk (one Redis list element).
@@ -70,17 +75,22 @@ LOST_MESSAGE = "the process running this task stopped renewing its lease"
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
 
+# Constants every script sees (Lua has no access to Python's).
+_CONSTANTS = (
+    f"local STALE, NOTIFY_MS = {STALE_RETENTION!r}, {int(NOTIFY_TTL * 1000)}\n"
+    f"local GRACE, LOST = {INDEX_GRACE!r}, {json.dumps(LOST_MESSAGE)}\n"
+)
+
 # Shared head of every per-task script. KEYS: task, done, index; ARGV: now, id, body base.
 # live() applies the store rules before any transition: an expired record is dropped, an
 # unfinished one whose lease ran out becomes `lost` (persisted, so every host agrees).
 _PRELUDE = """
 local task, done, index = KEYS[1], KEYS[2], KEYS[3]
 local now, id, body_base = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local STALE = %(stale)r
 local function notify()  -- one token that waiters rotate with BLMOVE, so all of them wake
   redis.call('DEL', done)
   redis.call('RPUSH', done, '1')
-  redis.call('PEXPIRE', done, %(notify_ms)d)
+  redis.call('PEXPIRE', done, NOTIFY_MS)
 end
 local function body_key()
   local token = redis.call('HGET', task, 'body')
@@ -112,7 +122,7 @@ local function live()
   if not state then return false end
   if f[3] and tonumber(f[3]) < now then drop() return false end
   if (state == 'queued' or state == 'running') and f[2] and tonumber(f[2]) < now then
-    redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', %(lost)s,
+    redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', LOST,
                'expires', now + STALE)
     keep_until(now + STALE)
     notify()
@@ -121,7 +131,7 @@ local function live()
   return state
 end
 local function unfinished(state) return state == 'queued' or state == 'running' end
-""" % {"stale": STALE_RETENTION, "notify_ms": int(NOTIFY_TTL * 1000), "lost": json.dumps(LOST_MESSAGE)}
+"""
 
 _SCRIPTS = {
     "read": "if not live() then return false end return redis.call('HGETALL', task)",
@@ -130,8 +140,8 @@ _SCRIPTS = {
 if redis.call('EXISTS', task) == 1 then return 0 end
 redis.call('HSET', task, unpack(ARGV, 5))
 keep_until(tonumber(ARGV[4]))
-redis.call('ZREMRANGEBYSCORE', index, '-inf', now - %r)
-return 1""" % INDEX_GRACE,
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now - GRACE)
+return 1""",
     "claim": """
 if live() ~= 'queued' then return 0 end
 redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[4])
@@ -196,19 +206,10 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('DEL', done)
   redis.call('RPUSH', done, '1')
-  redis.call('PEXPIRE', done, %d)
+  redis.call('PEXPIRE', done, NOTIFY_MS)
 end
 return {#ids, removed}
-""" % int(NOTIFY_TTL * 1000)
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Turn every redis-py error into the one exception the middleware knows (503)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
+"""
 
 
 class RedisStore(Store):
@@ -228,19 +229,17 @@ class RedisStore(Store):
     ) -> None:
         if chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
-        self.prefix = prefix
-        self.chunk_size = chunk_size
-        # Margin added to a long poll's block time for its reply to arrive.
-        self.socket_timeout = socket_timeout
+        self.prefix, self.chunk_size = prefix, chunk_size
+        self.socket_timeout = socket_timeout  # also the margin a long poll's reply gets
         self._owns_client = isinstance(client_or_url, str)
         if isinstance(client_or_url, str):
             options: dict[str, object] = {
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": connect_timeout,
                 "health_check_interval": HEALTH_CHECK_INTERVAL,
-                # No retries: a dead Redis must fail fast, and a blind retry of RPUSH or of
-                # a script whose reply was lost could apply it twice. The pool already
-                # replaces connections the server closed when it hands them out.
+                # No retries: a dead Redis must fail fast, and a blind retry of an RPUSH or
+                # a script whose reply was lost would apply it twice. The pool replaces
+                # connections the server closed by itself when it hands them out.
                 "retry": Retry(NoBackoff(), 0),
                 **client_options,
             }
@@ -249,15 +248,13 @@ class RedisStore(Store):
             self._redis = client_or_url
         if self._redis.connection_pool.get_encoder().decode_responses:
             raise ConfigurationError("RedisStore needs a client with decode_responses=False")
-        self._scripts = {
-            name: self._redis.register_script(_PRELUDE + source)
-            for name, source in _SCRIPTS.items()
-        }
-        self._purge = self._redis.register_script(_PURGE)
+        register = self._redis.register_script
+        self._scripts = {n: register(_CONSTANTS + _PRELUDE + s) for n, s in _SCRIPTS.items()}
+        self._purge = register(_CONSTANTS + _PURGE)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> RedisStore:
-        """The store for ``redis://``, ``rediss://`` or ``unix://`` *url*."""
+        """The store for a ``redis://``, ``rediss://`` or ``unix://`` *url*."""
         return cls(url, **options)  # type: ignore[arg-type]
 
     # -- plumbing --------------------------------------------------------------------------
@@ -265,49 +262,47 @@ class RedisStore(Store):
     def _key(self, kind: str, task_id: str) -> str:
         return f"{self.prefix}{kind}:{{{task_id}}}"
 
-    def _body_key(self, task_id: str, token: str) -> str:
-        return f"{self._key('body', task_id)}:{token}"
-
-    def _run(self, name: str, task_id: str, *args: object, client: object = None) -> object:
+    def _run(self, name: str, task_id: str, *args: object, pipe: object = None) -> object:
         keys = [self._key("task", task_id), self._key("done", task_id), self.prefix + "index"]
         head = [repr(time.time()), task_id, self._key("body", task_id) + ":"]
-        return self._scripts[name](keys, [*head, *args], client=client)  # type: ignore[arg-type]
+        with _unavailable():
+            return self._scripts[name](keys, [*head, *args], client=pipe)  # type: ignore[arg-type]
+
+    def _read(self, task_id: str) -> dict[str, bytes] | None:
+        flat: list[bytes] | None = self._run("read", task_id)  # type: ignore[assignment]
+        if not flat:
+            return None
+        return {k.decode(): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
     # -- creating and running --------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> None:
-        now = time.time()
-        deadlines = [now + UNLEASED_TTL]
+        # Until when Redis keeps it: as purge() would, or a day for an unleased record.
+        deadline = time.time() + UNLEASED_TTL
         if record.lease_expires is not None:
-            deadlines = [record.lease_expires + STALE_RETENTION]
+            deadline = record.lease_expires + STALE_RETENTION
         if record.expires is not None:
-            deadlines.append(record.expires)
-        fields: list[str] = []
-        for name, value in _encode(record).items():
-            fields += [name, value]
-        with _unavailable():
-            created = self._run("create", record.id, repr(min(deadlines)), *fields)
-        if not created:
+            deadline = min(deadline, record.expires)
+        fields = [item for pair in _encode(record).items() for item in pair]
+        if not self._run("create", record.id, repr(deadline), *fields):
             raise ValueError(f"task {record.id} already exists")
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        with _unavailable():
-            return bool(self._run("claim", task_id, repr(float(lease_expires))))
+        return bool(self._run("claim", task_id, repr(float(lease_expires))))
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return set()
+        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
+        for task_id in ids:
+            self._run("renew", task_id, repr(float(lease_expires)), pipe=pipe)
         with _unavailable():
-            pipe = self._redis.pipeline(transaction=False)
-            for task_id in ids:
-                self._run("renew", task_id, repr(float(lease_expires)), client=pipe)
             results = pipe.execute()
-        return {task_id for task_id, ok in zip(ids, results) if ok}
+        return {task_id for task_id, ok in zip(ids, results, strict=True) if ok}
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
-        with _unavailable():
-            self._run("progress", task_id, *_optional(progress), *_optional(message))
+        self._run("progress", task_id, *_optional(progress), *_optional(message))
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -320,14 +315,13 @@ class RedisStore(Store):
         expires: float,
     ) -> bool:
         try:
-            current = self.get(task_id)  # cheap early exit: don't upload a refused body
-            if current is None or current.state.is_final:
+            current = self._read(task_id)  # early exit: don't upload a body bound to be refused
+            if current is None or current["state"] not in (b"queued", b"running"):
                 return False
-            # A fresh key per attempt: a finish that loses the race (or crashes halfway)
-            # never mixes its chunks with a winner's; the script deletes them on a loss,
-            # and the TTL set here cleans up after a crash.
+            # A fresh key per attempt: chunks of a finish that loses the race (the script
+            # then deletes them) or dies halfway (the TTL does) never mix with a winner's.
             token = secrets.token_hex(8)
-            body_key = self._body_key(task_id, token)
+            body_key = f"{self._key('body', task_id)}:{token}"
             chunks = 0
             with _unavailable():
                 for chunk in body.iter_chunks(self.chunk_size):
@@ -337,53 +331,40 @@ class RedisStore(Store):
                         pipe.expire(body_key, int(STALE_RETENTION))
                     pipe.execute()
                     chunks += 1
-                return bool(
-                    self._run(
-                        "finish", task_id, token, chunks, status,
-                        json.dumps([list(h) for h in headers]), body.size, repr(float(expires)),
-                    )
-                )
+            headers_json = json.dumps([list(h) for h in headers])
+            args = (token, chunks, status, headers_json, body.size, repr(float(expires)))
+            return bool(self._run("finish", task_id, *args))
         finally:
             body.discard()
 
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
-        end_state = TaskState(state)
-        with _unavailable():
-            return bool(
-                self._run("fail", task_id, end_state.value, *_optional(message), repr(expires))
-            )
+        args = (TaskState(state).value, *_optional(message), repr(float(expires)))
+        return bool(self._run("fail", task_id, *args))
 
     def cancel(self, task_id: str) -> bool:
-        with _unavailable():
-            return bool(self._run("cancel", task_id))
+        return bool(self._run("cancel", task_id))
 
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
-        with _unavailable():
-            flat = self._run("read", task_id)
-        if not flat:
-            return None
-        items = iter(flat)  # type: ignore[call-overload]
-        return _decode(task_id, {k.decode(): v.decode() for k, v in zip(items, items)})
+        fields = self._read(task_id)
+        return None if fields is None else _decode(task_id, fields)
 
     def open_body(self, task_id: str) -> BinaryIO | None:
+        fields = self._read(task_id)
+        if fields is None or fields["state"] != b"done" or "body" not in fields:
+            return None
+        key = f"{self._key('body', task_id)}:{fields['body'].decode()}"
+        count = int(fields["chunks"])
         with _unavailable():
-            flat = self._run("read", task_id)
-            fields = dict(zip(flat[::2], flat[1::2])) if flat else {}  # type: ignore[index]
-            if fields.get(b"state") != b"done" or b"body" not in fields:
-                return None
-            key = self._body_key(task_id, fields[b"body"].decode())
-            count = int(fields[b"chunks"])
             first = self._redis.lindex(key, 0) if count else b""
-        if first is None:  # expired or deleted between the two calls
+        if first is None:  # expired or deleted since the read
             return None
         raw = _ChunkReader(self._redis, key, count, first)  # type: ignore[arg-type]
         return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + max(0.0, timeout)
-        done_key = self._key("done", task_id)
         while True:
             record = self.get(task_id)
             remaining = deadline - time.monotonic()
@@ -393,17 +374,15 @@ class RedisStore(Store):
             if record.lease_expires is not None:
                 # Wake just after the lease would run out, so `lost` is reported on time.
                 block = min(block, record.lease_expires - time.time() + 0.005)
-            self._block_on(done_key, max(block, 0.01))  # 0 would mean "forever"
+            self._blmove_token(task_id, max(block, 0.01))  # 0 would mean "forever"
 
-    def _block_on(self, key: str, seconds: float) -> None:
-        """BLMOVE the wake-up token onto itself, for up to *seconds*.
+    def _blmove_token(self, task_id: str, seconds: float) -> None:
+        """Block until the task's wake-up token exists (or *seconds* pass), leaving it there.
 
-        Rotating instead of popping leaves the token in place, so every waiter on the task
-        (Redis serves blocked clients one after another) and any late one sees it. The
-        command runs on a pooled connection with a per-call read timeout larger than the
-        block, so a long poll never trips the short socket timeout; a server that dies
-        closes the socket and the read fails at once."""
-        pool = self._redis.connection_pool
+        Runs on a pooled connection with a per-call read timeout longer than the block, so
+        a long poll never trips the short socket timeout, while a server that dies closes
+        the socket and the read fails at once."""
+        key, pool = self._key("done", task_id), self._redis.connection_pool
         with _unavailable():
             conn = pool.get_connection()
             try:
@@ -415,21 +394,19 @@ class RedisStore(Store):
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        # Redis TTLs do the real work; the index finds what must go before its TTL when
-        # a caller asks with a later `now`.
-        now = time.time() if now is None else now
+        # Redis TTLs do the real work; the index finds what is due before its TTL fires
+        # (a caller asking with a later `now`).
+        args = [repr(time.time() if now is None else now), self.prefix, PURGE_BATCH]
         removed = 0
         with _unavailable():
             while True:
-                seen, gone = self._purge(
-                    [self.prefix + "index"], [repr(now), self.prefix, PURGE_BATCH]
-                )
+                seen, gone = self._purge([self.prefix + "index"], args)
                 removed += int(gone)
                 if int(seen) < PURGE_BATCH:
                     return removed
 
     def secret(self) -> bytes:
-        # Not cached: if Redis lost its data, every host must move to the same new key.
+        # Not cached: should Redis lose its data, every host must move to the same new key.
         key = self.prefix + "secret"
         with _unavailable():
             value = self._redis.get(key)
@@ -437,11 +414,11 @@ class RedisStore(Store):
                 self._redis.set(key, secrets.token_bytes(32), nx=True)
                 value = self._redis.get(key)
         if not value:
-            raise StoreUnavailable("Redis store lost the shared secret while creating it")
+            raise StoreUnavailable("the Redis store lost its shared secret while creating it")
         return bytes(value)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        if self._owns_client:  # a client handed in belongs to its owner
+        if self._owns_client:  # a client handed in belongs to whoever made it
             self._redis.close()
 
 
@@ -450,8 +427,7 @@ class _ChunkReader(io.RawIOBase):
 
     def __init__(self, client: redis.Redis, key: str, count: int, first: bytes) -> None:
         self._client, self._key, self._count = client, key, count
-        self._next = 1
-        self._view = memoryview(first)
+        self._next, self._view = 1, memoryview(first)
 
     def readable(self) -> bool:
         return True
@@ -462,46 +438,47 @@ class _ChunkReader(io.RawIOBase):
                 return 0
             with _unavailable():
                 chunk = self._client.lindex(self._key, self._next)
-            if chunk is None:  # deleted or expired mid-read: never serve a silent truncation
+            if chunk is None:  # deleted or expired mid-read: never a silent truncation
                 raise StoreUnavailable("the result was deleted while it was being read")
-            self._next += 1
-            self._view = memoryview(chunk)  # type: ignore[arg-type]
+            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
         n = min(len(buffer), len(self._view))
-        buffer[:n] = self._view[:n]
-        self._view = self._view[n:]
+        buffer[:n], self._view = self._view[:n], self._view[n:]
         return n
 
 
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn every redis-py error into the one exception the middleware knows (503)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
+
+
 def _optional(value: object) -> tuple[str, str]:
-    """A (present flag, text) pair: Lua cannot tell None from an empty string otherwise."""
+    """A (present, text) pair: a Lua script cannot tell None from "" otherwise."""
     if value is None:
         return ("0", "")
     return ("1", repr(float(value)) if isinstance(value, (int, float)) else str(value))
 
 
 def _encode(record: TaskRecord) -> dict[str, str]:
-    fields = {"state": TaskState(record.state).value}
-    for name in _FLOATS:
-        if (value := getattr(record, name)) is not None:
-            fields[name] = repr(float(value))
-    for name in _TEXTS:
-        if (value := getattr(record, name)) is not None:
-            fields[name] = str(value)
-    if record.headers is not None:
-        fields["headers"] = json.dumps([list(h) for h in record.headers])
-    if record.body_size is not None:
-        fields["body_size"] = str(record.body_size)
-    return fields
+    data = record.to_dict()
+    data.pop("id")
+    if data["headers"] is not None:
+        data["headers"] = json.dumps(data["headers"])
+    return {
+        name: repr(float(value)) if name in _FLOATS else str(value)  # type: ignore[arg-type]
+        for name, value in data.items()
+        if value is not None
+    }
 
 
-def _decode(task_id: str, fields: dict[str, str]) -> TaskRecord:
-    record = TaskRecord(id=task_id, state=TaskState(fields["state"]))
-    for name in _FLOATS:
-        setattr(record, name, float(fields[name]) if name in fields else None)
-    for name in _TEXTS:
-        setattr(record, name, fields.get(name))
-    if "headers" in fields:
-        record.headers = [(str(k), str(v)) for k, v in json.loads(fields["headers"])]
-    if "body_size" in fields:
-        record.body_size = int(fields["body_size"])
-    return record
+def _decode(task_id: str, fields: dict[str, bytes]) -> TaskRecord:
+    text = {name: value.decode() for name, value in fields.items()}
+    data: dict[str, object] = {"id": task_id, "state": text["state"]}
+    data.update({name: float(text[name]) if name in text else None for name in _FLOATS})
+    data.update({name: text.get(name) for name in _TEXTS})
+    data["headers"] = json.loads(text["headers"]) if "headers" in text else None
+    data["body_size"] = int(text["body_size"]) if "body_size" in text else None
+    return TaskRecord.from_dict(data)
