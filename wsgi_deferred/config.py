@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,11 +302,3 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     for layer in layers:
         merged.update(layer)
     return merged
-
-
-def describe(options: Iterable[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """``(option, env var, default, help)`` rows, for documentation and ``--help``."""
-    names = list(options) if options is not None else list(_BY_NAME)
-    return [
-        (name, _BY_NAME[name].env, _BY_NAME[name].default, _BY_NAME[name].help) for name in names
-    ]
