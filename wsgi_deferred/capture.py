@@ -64,13 +64,15 @@ class RequestSnapshot:
     def replay_environ(self, task_id: str, extra: dict[str, Any] | None = None) -> WSGIEnviron:
         """A new environ for one replay; its ``wsgi.input`` reads the captured body."""
         environ: WSGIEnviron = dict(self.variables)
+        # The exact length, and no ``wsgi.input_terminated``: with it, werkzeug (Flask) calls
+        # ``read()`` without a size, which PEP 3333's input interface (``read(size)``) does not
+        # offer and wsgiref.validate rejects; CONTENT_LENGTH alone is enough for every app.
         environ["CONTENT_LENGTH"] = str(self.body.size)
         environ.update(
             {
                 "wsgi.version": (1, 0),
                 "wsgi.url_scheme": self.url_scheme,
                 "wsgi.input": self.body.open(),
-                "wsgi.input_terminated": True,
                 "wsgi.errors": LogStream(task_id),
                 "wsgi.multithread": True,
                 "wsgi.multiprocess": self.multiprocess,
@@ -111,7 +113,9 @@ def declared_length(environ: WSGIEnviron) -> int | None:
     if raw is None or str(raw).strip() == "":
         return None
     text = str(raw).strip()
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also accepts e.g. "²" (a latin-1 byte a client can
+    # send), which int() then rejects with a ValueError that would escape as a 500.
+    if not (text.isascii() and text.isdigit()):
         raise BodyError("400 Bad Request", f"invalid Content-Length {text[:40]!r}")
     return int(text)
 

@@ -254,8 +254,9 @@ class DeferredMiddleware:
         if job.done.wait(wait):
             return False
         with job.lock:
-            if job.state in (TaskState.DONE, TaskState.FAILED):
-                return False  # finished in the instant between the wait and the lock
+            if job.done.is_set() or job.state in (TaskState.DONE, TaskState.FAILED):
+                # Finished (or abandoned by shutdown) in the instant between wait and lock.
+                return False
             try:
                 self.runner.attach(job)
                 return True
@@ -268,6 +269,12 @@ class DeferredMiddleware:
         self, job: Job, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         """Answer with the job's outcome as if the app had run in this thread."""
+        if job.response is None and job.exc_info is None:
+            # Abandoned by a shutdown before it started: nothing ran, nothing was stored.
+            html = wants_html(environ)
+            return self._busy(
+                start_response, "503 Service Unavailable", "the server is shutting down", html
+            )
         self.metrics.incr("inline")
         if job.exc_info is not None:
             exc = job.exc_info[1]

@@ -33,6 +33,8 @@ logger = logging.getLogger("wsgi_deferred")
 
 #: Seconds running tasks get to finish at shutdown (gunicorn's graceful_timeout is 30 s).
 DEFAULT_DRAIN_TIMEOUT = 25.0
+#: Seconds shutdown waits at least for the heartbeat thread to stop.
+HEARTBEAT_JOIN_TIMEOUT = 5.0
 
 
 class ClientLimit(PoolFull):
@@ -175,6 +177,10 @@ class WorkerPool:
             if job is _STOP:
                 return
             with self._lock:
+                if job.id not in self._jobs:  # type: ignore[attr-defined]
+                    # Abandoned by shutdown() before it started: it must never start, even
+                    # when on_abandon does not tell the job itself.
+                    continue
                 self._running.add(job.id)  # type: ignore[attr-defined]
             try:
                 job.run()  # type: ignore[attr-defined]
@@ -223,6 +229,10 @@ class WorkerPool:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._wake.set()
+        if self._heartbeat is not None:
+            # Wait for it to notice, so close() leaves no thread behind (at most one renewal
+            # can be in flight; a store gives up within a few seconds).
+            self._heartbeat.join(max(HEARTBEAT_JOIN_TIMEOUT, deadline - time.monotonic()))
         for job in self.jobs():
             self._abandon(job, "the server process stopped before this task finished")
 

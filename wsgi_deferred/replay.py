@@ -123,6 +123,9 @@ def run_and_buffer(
     records the task as failed); so does :class:`ProtocolError` for PEP 3333 violations.
     On any error the partial body is discarded."""
     buffering = _Buffering(spool_threshold, spool_dir)
+    # Taken now: the app may replace environ["wsgi.input"] with its own wrapper (middleware
+    # such as wsgiref.validate does, and forbids closing it); we close only what we opened.
+    stream = environ.get("wsgi.input")
     try:
         result = app(environ, buffering.start_response)
         try:
@@ -137,7 +140,6 @@ def run_and_buffer(
         buffering.body.discard()
         raise
     finally:
-        stream = environ.get("wsgi.input")
         if stream is not None and hasattr(stream, "close"):
             stream.close()
     return BufferedResponse(buffering.status, buffering.headers, buffering.body)

@@ -242,6 +242,12 @@ class TaskRunner:
         job.cancel_flag.set()
         with job.lock:
             attached = job.attached
+            if not attached and job.state is TaskState.QUEUED:
+                # Detached and never started (the pool will not start it now): wake its
+                # inline waiter, which answers 503. Under the lock, so it cannot attach it.
+                job.snapshot.discard()
+                job.done.set()
+                return
         if attached and not job.done.is_set():
             self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
             logger.warning("task %s: marked lost: %s", job.id, reason)
