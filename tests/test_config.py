@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import textwrap
 import time
 from collections.abc import Iterator
@@ -375,3 +376,9 @@ def test_options_from_mapping_rejects_unknown_keys_with_a_hint() -> None:
         options_from_mapping({"route": "POST /x"}, source="ini key")
     with pytest.raises(ConfigurationError, match=r"ini key 'workers'='zero'"):
         options_from_mapping({"workers": "zero"}, source="ini key")
+
+
+def test_the_deployment_guide_documents_every_variable() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "deploying.md").read_text()
+    rows = re.findall(r"^\| `(WSGI_DEFERRED_[A-Z_]+)` \| `(\w+)` \|", guide, re.M)
+    assert rows == [(option.env, option.name) for option in OPTIONS]
