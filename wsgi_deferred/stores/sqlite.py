@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
@@ -183,9 +183,12 @@ class SQLiteStore(Store):
 
         return self._run(run)
 
-    def _update(self, sql: str, params: dict[str, object]) -> int:
-        """One autocommitted statement (atomic by itself); its rowcount."""
+    def _count(self, sql: str, **params: object) -> int:
+        """Rows changed by one autocommitted (so atomic) statement."""
         return self._run(lambda conn: conn.execute(sql, params).rowcount)
+
+    def _rows(self, sql: str, **params: object) -> list[tuple[Any, ...]]:
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _condition(self) -> threading.Condition:
         # A Condition copied by fork may be held by a thread that no longer exists: renew it.
@@ -215,12 +218,11 @@ class SQLiteStore(Store):
         self._run(insert)
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        now = time.time()
         sql = (
             "UPDATE tasks SET state = 'running', started = :now, lease_expires = :lease"
             f" WHERE id = :id AND state = 'queued' AND {_LIVE}"
         )
-        return self._update(sql, {"id": task_id, "now": now, "lease": lease_expires}) == 1
+        return self._count(sql, id=task_id, now=time.time(), lease=lease_expires) == 1
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids, now = list(task_ids), time.time()
@@ -233,11 +235,8 @@ class SQLiteStore(Store):
         return self._transaction(renew_all) if ids else set()
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
-        sql = (
-            f"UPDATE tasks SET progress = :progress, message = :message WHERE id = :id AND {_LIVE}"
-        )
-        params = {"id": task_id, "now": time.time(), "progress": progress, "message": message}
-        self._update(sql, params)
+        sql = f"UPDATE tasks SET progress = :p, message = :m WHERE id = :id AND {_LIVE}"
+        self._count(sql, id=task_id, now=time.time(), p=progress, m=message)
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -251,8 +250,9 @@ class SQLiteStore(Store):
     ) -> bool:
         size = body.size
         try:
-            if not self._is_live(task_id):  # spare copying a big body nobody will fetch
-                return False
+            live = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
+            if not self._rows(live, id=task_id, now=time.time()):
+                return False  # spare copying a big body nobody will fetch
             try:
                 name = self._write_body(task_id, body)
             except OSError as exc:
@@ -266,13 +266,11 @@ class SQLiteStore(Store):
             " headers = :headers, body_size = :size, expires = :expires, body_file = :file"
             f" WHERE id = :id AND {_LIVE}"
         )
-        params = {
-            "id": task_id, "now": time.time(), "status": status, "size": size,
-            "headers": json.dumps([list(h) for h in headers]), "expires": expires, "file": name,
-        }  # fmt: skip
+        params = {"status": status, "size": size, "expires": expires, "file": name}
         won = False
         try:
-            won = self._update(sql, params) == 1
+            headers_json = json.dumps([list(h) for h in headers])
+            won = self._count(sql, id=task_id, now=time.time(), headers=headers_json, **params) == 1
         finally:
             if not won:
                 self._unlink(name)
@@ -310,11 +308,6 @@ class SQLiteStore(Store):
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.bodies_dir, name))
 
-    def _is_live(self, task_id: str) -> bool:
-        sql = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
-        params = {"id": task_id, "now": time.time()}
-        return self._run(lambda conn: conn.execute(sql, params).fetchone() is not None)
-
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
         end_state = TaskState(state)
         if end_state not in (TaskState.FAILED, TaskState.LOST):
@@ -323,8 +316,8 @@ class SQLiteStore(Store):
             "UPDATE tasks SET state = :state, finished = :now, message = :message,"
             f" expires = :expires WHERE id = :id AND {_LIVE}"
         )
-        params = {"id": task_id, "state": end_state.value, "now": time.time()}
-        if self._update(sql, {**params, "message": message, "expires": expires}) != 1:
+        params = {"state": end_state.value, "message": message, "expires": expires}
+        if self._count(sql, id=task_id, now=time.time(), **params) != 1:
             return False
         self._notify()
         return True
@@ -360,11 +353,10 @@ class SQLiteStore(Store):
 
     def get(self, task_id: str) -> TaskRecord | None:
         while True:
-            now = time.time()
-            row = self._run(lambda conn: conn.execute(_SELECT, {"id": task_id}).fetchone())
-            if row is None:
+            now, rows = time.time(), self._rows(_SELECT, id=task_id)
+            if not rows:
                 return None
-            values = dict(zip(_COLUMNS, row, strict=True))
+            values = dict(zip(_COLUMNS, rows[0], strict=True))
             if values["headers"] is not None:
                 values["headers"] = json.loads(values["headers"])
             record = TaskRecord.from_dict(values)
@@ -381,21 +373,20 @@ class SQLiteStore(Store):
                 " expires = :expires WHERE id = :id AND state IN ('queued', 'running')"
                 " AND lease_expires < :now"
             )
-            if self._update(sql, {**lost, "id": task_id, "now": now}) == 1:
+            if self._count(sql, id=task_id, now=now, **lost) == 1:
                 self._notify()
                 return record.copy(**lost)
 
     def open_body(self, task_id: str) -> BinaryIO | None:
         sql = (
             "SELECT body_file FROM tasks WHERE id = :id AND state = 'done'"
-            " AND (expires IS NULL OR expires >= :now)"
+            " AND body_file IS NOT NULL AND (expires IS NULL OR expires >= :now)"
         )
-        params = {"id": task_id, "now": time.time()}
-        row = self._run(lambda conn: conn.execute(sql, params).fetchone())
-        if row is None or row[0] is None:
+        rows = self._rows(sql, id=task_id, now=time.time())
+        if not rows:
             return None
         try:
-            return open(os.path.join(self.bodies_dir, row[0]), "rb")
+            return open(os.path.join(self.bodies_dir, rows[0][0]), "rb")
         except FileNotFoundError:  # deleted by a concurrent cancel or purge
             return None
 
@@ -442,8 +433,7 @@ class SQLiteStore(Store):
     def _sweep_orphans(self) -> None:
         """Remove body files no row names: left by a process killed between writing a body
         and committing its row. Uses real time, not purge's *now*: it is about file ages."""
-        sql = "SELECT body_file FROM tasks WHERE body_file IS NOT NULL"
-        known = {r[0] for r in self._run(lambda conn: conn.execute(sql).fetchall())}
+        known = {r[0] for r in self._rows("SELECT body_file FROM tasks WHERE body_file NOTNULL")}
         cutoff = time.time() - _ORPHAN_GRACE
         with contextlib.suppress(OSError), os.scandir(self.bodies_dir) as entries:
             for entry in entries:  # listed after the query: see _ORPHAN_GRACE
@@ -455,18 +445,10 @@ class SQLiteStore(Store):
 
     def secret(self) -> bytes:
         if self._secret is None:
-
-            def load(conn: sqlite3.Connection) -> bytes:
-                # OR IGNORE: the first process to get here wins; everyone reads its key.
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
-                    (secrets.token_bytes(32),),
-                )
-                return bytes(
-                    conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
-                )
-
-            self._secret = self._run(load)
+            # OR IGNORE: the first process to get here wins; every process reads its key.
+            insert = "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', :key)"
+            self._count(insert, key=secrets.token_bytes(32))
+            self._secret = bytes(self._rows("SELECT value FROM meta WHERE key = 'secret'")[0][0])
         return self._secret
 
     def close(self) -> None:
