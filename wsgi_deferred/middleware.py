@@ -305,7 +305,9 @@ class DeferredMiddleware:
         )
 
     def get_store(self, environ: dict[str, Any] | None = None) -> Store:
-        """The store, created on first use (``store=None`` looks at ``wsgi.multiprocess``)."""
+        """The store, created on first use. With ``store=None`` the choice depends on the
+        server's ``wsgi.multiprocess``, so every request path passes its *environ*; only
+        code that runs after a request chose the store (runner, purge) may omit it."""
         store = self._store
         if store is None:
             with self._store_lock:

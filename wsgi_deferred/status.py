@@ -76,7 +76,7 @@ class StatusEndpoint:
 
     def __init__(
         self,
-        store_getter: Callable[[], Store],
+        store_getter: Callable[[dict[str, Any]], Store],
         *,
         max_wait: float,
         owner_of: Callable[[dict[str, Any]], str | None],
@@ -129,7 +129,7 @@ class StatusEndpoint:
         html: bool,
         head: bool,
     ) -> Iterable[bytes]:
-        store = self._store()
+        store = self._store(environ)
         record = self._visible(environ, store.get(task_id))
         wait = parse_prefer(environ.get("HTTP_PREFER")).wait
         if record is not None and not record.state.is_final and wait:
@@ -187,7 +187,7 @@ class StatusEndpoint:
         html: bool,
         form: bool,
     ) -> Iterable[bytes]:
-        store = self._store()
+        store = self._store(environ)
         if self._visible(environ, store.get(task_id)) is None or not store.cancel(task_id):
             return self.not_found(start_response, html)
         self.on_cancel(task_id)
