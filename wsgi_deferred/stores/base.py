@@ -19,7 +19,8 @@ Rules common to every method:
   ``expires=None``; the end-state methods set it.
 * A record that is ``queued`` or ``running`` and whose ``lease_expires`` has passed is
   reported by :meth:`get` and :meth:`wait` as ``lost`` (and the store may persist that), so
-  that no client ever polls a task that will never finish.
+  that no client ever polls a task that will never finish. Every other method treats it as
+  ``lost`` too: it cannot be claimed, renewed or finished, and ``cancel`` deletes it.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
         """Move a ``queued``/``running`` task to the end state *state* (``"failed"`` or
-        ``"lost"``) with a short *message* (never a traceback). Return True when this call
-        made the move, False when the task was already final, cancelled or gone."""
+        ``"lost"``; anything else may raise ``ValueError``) with a short *message* (never a
+        traceback). Return True when this call made the move, False when the task was
+        already final (a lapsed lease counts as final), cancelled or gone."""
 
     @abc.abstractmethod
     def cancel(self, task_id: str) -> bool:
@@ -113,7 +115,9 @@ class Store(abc.ABC):
     def open_body(self, task_id: str) -> BinaryIO | None:
         """A new binary reader over a ``done`` task's body, positioned at its start, or None
         when there is no such body. The caller closes it. Reading must not load the whole
-        body into memory."""
+        body into memory. If the result is deleted while it is being read, the reader either
+        goes on serving the old bytes (files) or raises ``StoreUnavailable``; it never
+        returns a silently truncated body."""
 
     @abc.abstractmethod
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
@@ -135,4 +139,6 @@ class Store(abc.ABC):
         use. It keys the hash of a ``bind`` credential so the credential is never stored."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Release connections and handles held by this process. Idempotent."""
+        """Release what this store holds for the calling thread or process (a per-thread
+        connection, a connection pool it created; never a client it was given).
+        Idempotent; the store may be used again afterwards and reconnects."""
