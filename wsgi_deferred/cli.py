@@ -364,7 +364,7 @@ def _add_server_options(parser: argparse.ArgumentParser, hidden: bool = False) -
         "--access-log",
         dest="gunicorn_access_log",
         metavar="FILE",
-        help=helptext("write an access log to FILE ('-' for stderr; default: none)"),
+        help=helptext("write an access log to FILE ('-' for stdout; default: none)"),
     )
     group.add_argument(
         "--preload",
