@@ -196,6 +196,7 @@ def _inspect(middleware: DeferredMiddleware, name: str) -> object:
         "max_pending_per_client": lambda m: m.pool.max_pending_per_client,
         "max_wait": lambda m: m.max_wait,
         "drain_timeout": lambda m: m.pool.drain_timeout,
+        "debug": lambda m: m.runner.debug,
         "metrics_path": lambda m: m.metrics_path,
     }[name](middleware)
 
@@ -217,6 +218,7 @@ ENV_CASES = [
     ("max_pending_per_client", "2", 2, None),
     ("max_wait", "5", 5.0, 25.0),
     ("drain_timeout", "3", 3.0, 25.0),
+    ("debug", "yes", True, False),
     ("metrics_path", "/_m", "/_m", None),
 ]
 

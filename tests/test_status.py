@@ -229,6 +229,33 @@ def test_failed_is_500_naming_the_state_without_the_traceback(
     assert any(r.exc_info is not None and r.levelno == logging.ERROR for r in logged), logged
 
 
+def test_debug_shows_the_traceback_to_the_client(make_mw: Harness) -> None:
+    """DESIGN.md: the traceback reaches the client only when debug is on."""
+    mw = make_mw(apps.raise_after_start_app, routes=["/fail"], debug=True)
+    final = result_of(mw, request(mw, "POST", "/fail"))
+    assert final.code == 500
+    document = final.json()
+    assert document["state"] == "failed"
+    assert document["message"].startswith("Traceback (most recent call last)")
+    assert "raise_after_start_app" in document["message"]
+
+
+def test_cancel_form_answers_json_without_an_error_key(make_mw: Harness) -> None:
+    slow = apps.SlowApp()
+    mw = make_mw(slow, routes=["/slow"])
+    accepted = request(mw, "POST", "/slow")
+    answer = status_request(
+        mw,
+        accepted.location,
+        "POST",
+        data=b"action=cancel",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert answer.code == 200
+    assert answer.json() == {"id": accepted.task_id, "state": "cancelled"}
+    assert status_request(mw, accepted.location).code == 404
+
+
 def test_failed_page_for_browsers(mw: DeferredMiddleware) -> None:
     accepted = request(mw, "GET", "/r/fail")
     final = result_of(mw, accepted, headers=HTML)

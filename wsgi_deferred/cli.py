@@ -296,6 +296,16 @@ def _add_middleware_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    group.add_argument(
+        "--debug",
+        dest="debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of a failed task to the client instead of only logging it; "
+        "for development, never in production [WSGI_DEFERRED_DEBUG=1]",
+    )
+
+
 def _add_server_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
     def helptext(text: str) -> str:
         return argparse.SUPPRESS if hidden else text

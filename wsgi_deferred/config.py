@@ -225,6 +225,13 @@ OPTIONS: tuple[Option, ...] = (
         "25",
     ),
     Option(
+        "debug",
+        _bool,
+        "BOOL",
+        "show a failed task's traceback to clients (development only)",
+        "false",
+    ),
+    Option(
         "metrics_path",
         _optional(_path),
         "PATH",

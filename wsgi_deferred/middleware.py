@@ -76,6 +76,7 @@ class DeferredMiddleware:
         max_wait: float = DEFAULT_MAX_WAIT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         metrics_path: str | None = None,
+        debug: bool = False,
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {app!r}")
@@ -125,6 +126,7 @@ class DeferredMiddleware:
             result_ttl=self.result_ttl,
             lease_timeout=float(lease_timeout),
             on_finished=self._finished,
+            debug=debug,
         )
         self.pool = WorkerPool(
             workers=workers,

@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,7 @@ class TaskRunner:
         lease_timeout: float,
         spool_dir: str | None = None,
         on_finished: Callable[[Job, str, float], None] | None = None,
+        debug: bool = False,
     ) -> None:
         self.app = app
         self._store_getter = store_getter
@@ -133,6 +135,8 @@ class TaskRunner:
         self.lease_timeout = lease_timeout
         self.spool_dir = spool_dir
         self.on_finished = on_finished
+        #: Show a failed task's traceback to the client (development only; DESIGN.md).
+        self.debug = debug
 
     @property
     def store(self) -> Store:
@@ -213,6 +217,8 @@ class TaskRunner:
                     "task %s: the application raised; state failed", job.id, exc_info=exc_info
                 )
                 message = f"the application raised {exc_info[0].__name__}"
+                if self.debug:
+                    message = "".join(traceback.format_exception(*exc_info))
                 self.store.fail(job.id, TaskState.FAILED.value, message, expires)
                 outcome = "failed"
         except StoreUnavailable:

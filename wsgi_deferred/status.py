@@ -15,6 +15,7 @@ other          ``405`` with ``Allow: GET, HEAD, DELETE``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .errors import StoreUnavailable
-from .pages import render_message, render_status, wants_html
+from .pages import JSON_TYPE, render_message, render_status, wants_html
 from .replay import StartResponse, serve_body
 from .rules import parse_prefer
 from .stores.base import Store
@@ -195,7 +196,10 @@ class StatusEndpoint:
         if not form:
             start_response("204 No Content", list(NO_STORE_HEADERS))
             return []
-        body, ctype = render_message("Cancelled", "The request was cancelled.", html)
+        if html:
+            body, ctype = render_message("Cancelled", "The request was cancelled.", html)
+        else:
+            body, ctype = json.dumps({"id": task_id, "state": "cancelled"}).encode(), JSON_TYPE
         return respond(start_response, "200 OK", body, ctype)
 
 
