@@ -1,37 +1,17 @@
-"""The ``wsgi-deferred`` command: serve a WSGI app behind the middleware, or check rules.
-
-``wsgi-deferred serve legacy.wsgi:application --route "POST /render/<id>" --workers 4`` runs
-the app wrapped by :class:`~wsgi_deferred.DeferredMiddleware` under gunicorn, through
-gunicorn's application API (in this process, no shell). ``wsgi-deferred check`` tells which of
-some sample requests would be deferred, passed through or answered as a status URL.
-
-Usage errors (unknown options, bad values, invalid rules, an app that cannot be imported) exit
-with status 2 and one line on stderr; ``--help`` explains everything else.
-"""
+"""The command line's parsers: texts, option types and the middleware/server flag groups."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import subprocess
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
-from . import __version__
-from .config import OPTIONS, merge_options, option_named, options_from_env
-from .errors import ConfigurationError
-from .factory import load_app
-from .middleware import DeferredMiddleware
-from .rules import RuleSet, parse_prefer, wsgi_path
-from .task import is_task_id
-
-__all__ = ["main"]
+from .. import __version__
+from ..config import OPTIONS, merge_options, option_named, options_from_env
+from ..errors import ConfigurationError
+from ..middleware import DeferredMiddleware
+from ..rules import RuleSet
 
 PROG = "wsgi-deferred"
 #: Exit status of usage and configuration errors (as argparse and gunicorn's ``--check-config``).
@@ -40,7 +20,7 @@ USAGE_ERROR = 2
 DEFAULT_THREADS = 8
 #: Seconds gunicorn waits for a worker's graceful exit beyond the middleware's drain timeout.
 GRACE_MARGIN = 5.0
-_PROBE_MARK = "wsgi-deferred-probe-error: "
+PROBE_MARK = "wsgi-deferred-probe-error: "
 
 DESCRIPTION = """\
 Put wsgi_deferred in front of a WSGI application without changing it.
@@ -295,7 +275,6 @@ def _add_middleware_options(parser: argparse.ArgumentParser) -> None:
         help="honour them even if WSGI_DEFERRED_HONOR_PREFER says otherwise",
     )
 
-
     group.add_argument(
         "--debug",
         dest="debug",
@@ -453,321 +432,9 @@ def middleware_options(args: argparse.Namespace, environ: dict[str, str]) -> dic
 
 def validate(options: dict[str, Any]) -> None:
     """Let the middleware itself judge the options (the store is only opened by workers)."""
-    trial = DeferredMiddleware(_not_called, **{k: v for k, v in options.items() if k != "store"})
+    trial = DeferredMiddleware(unused_app, **{k: v for k, v in options.items() if k != "store"})
     trial.close(0)
 
 
-def _not_called(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+def unused_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     raise AssertionError("never called")
-
-
-# -- the import probe -------------------------------------------------------------------------
-
-
-def describe_import_error(target: str, exc: BaseException) -> str:
-    """One line about why *target* did not import."""
-    if isinstance(exc, ConfigurationError):
-        return str(exc)
-    where = ""
-    detail = str(exc)
-    if isinstance(exc, SyntaxError):
-        detail = exc.msg or detail
-        where = f" ({exc.filename}:{exc.lineno})" if exc.filename else ""
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        if frames:
-            where = f" ({frames[-1].filename}:{frames[-1].lineno})"
-    detail = " ".join(detail.split()) or "(no message)"
-    return f"cannot import {target!r}: {type(exc).__name__}: {detail}{where}"
-
-
-def probe(target: str) -> int:
-    """Child side of :func:`probe_import`: import *target*, report one line, exit status."""
-    try:
-        load_app(target)
-    except BaseException as exc:  # the app's import may raise anything, even SystemExit
-        print(_PROBE_MARK + describe_import_error(target, exc), flush=True)
-        return USAGE_ERROR
-    return 0
-
-
-def probe_import(target: str) -> None:
-    """Import *target* in a child process (this one stays clean for gunicorn to fork)."""
-    code = (
-        "import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
-        "from wsgi_deferred.cli import probe; raise SystemExit(probe(sys.argv[1]))"
-    )
-    paths = [p for p in sys.path if p]
-    result = subprocess.run(
-        [sys.executable, "-c", code, target, json.dumps(paths)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        check=False,
-    )
-    if result.returncode == 0:
-        return
-    for line in result.stdout.splitlines():
-        if line.startswith(_PROBE_MARK):
-            raise UsageError(line[len(_PROBE_MARK) :])
-    lines = result.stderr.strip().splitlines()
-    last = lines[-1] if lines else f"the import check exited with status {result.returncode}"
-    raise UsageError(f"cannot import {target!r}: {last}")
-
-
-# -- serve --------------------------------------------------------------------------------------
-
-
-def _logging(level: str) -> None:
-    """The middleware's log lines (each about a task names its id) next to gunicorn's."""
-    logger = logging.getLogger("wsgi_deferred")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-            "%Y-%m-%d %H:%M:%S %z",
-        )
-    )
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
-
-
-def gunicorn_settings(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "threads": args.gunicorn_threads,
-        "loglevel": args.gunicorn_log_level,
-        "preload_app": args.gunicorn_preload,
-        "proc_name": PROG,
-        "chdir": os.getcwd(),
-    }
-    if args.gunicorn_bind:
-        settings["bind"] = args.gunicorn_bind
-    if args.gunicorn_workers is not None:
-        settings["workers"] = args.gunicorn_workers
-    if args.gunicorn_timeout is not None:
-        settings["timeout"] = args.gunicorn_timeout
-    drain = options.get("drain_timeout")
-    if args.gunicorn_graceful_timeout is not None:
-        settings["graceful_timeout"] = args.gunicorn_graceful_timeout
-    elif drain is not None:
-        settings["graceful_timeout"] = drain + GRACE_MARGIN
-    if args.gunicorn_access_log:
-        settings["accesslog"] = args.gunicorn_access_log
-    return settings
-
-
-def serve(args: argparse.Namespace) -> int:
-    try:
-        from gunicorn.app.base import BaseApplication
-    except ImportError:
-        raise UsageError("serve needs gunicorn: pip install 'wsgi_deferred[gunicorn]'") from None
-    options = middleware_options(args, dict(os.environ))
-    validate(options)
-    if args.gunicorn_chdir:
-        try:
-            os.chdir(args.gunicorn_chdir)
-        except OSError as exc:
-            raise UsageError(f"--chdir {args.gunicorn_chdir!r}: {exc.strerror}") from None
-    for directory in reversed([os.getcwd(), *(args.gunicorn_pythonpath or [])]):
-        path = os.path.abspath(directory)
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    target: str = args.target
-    settings = gunicorn_settings(args, options)
-    preloaded: DeferredMiddleware | None = None
-    if args.gunicorn_preload:
-        try:
-            preloaded = DeferredMiddleware(load_app(target), **options)
-        except Exception as exc:
-            raise UsageError(describe_import_error(target, exc)) from None
-    else:
-        probe_import(target)
-
-    def load() -> DeferredMiddleware:
-        if preloaded is not None:
-            return preloaded
-        return DeferredMiddleware(load_app(target), **options)
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        """gunicorn's application API: our settings, our app, no command line of its own."""
-
-        def load_config(self) -> None:
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-            if "control_socket_disable" in self.cfg.settings:
-                # gunicorn >= 27 opens a control socket at one per-user path by default; two
-                # deployments on one host would fight over it. Use gunicorn itself for it.
-                self.cfg.set("control_socket_disable", True)
-
-        def load(self) -> DeferredMiddleware:
-            return load()
-
-    _logging(args.gunicorn_log_level)
-    Server(prog=PROG).run()
-    return 0
-
-
-# -- check --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Verdict:
-    """What the middleware would do with one sample request."""
-
-    request: str
-    outcome: str  # "deferred", "deferred if slow", "passed through", "status", "metrics"
-    reason: str
-
-
-def parse_sample(text: str) -> tuple[str, str, str | None]:
-    """``"POST /render/1 Prefer: respond-async"`` -> ``("POST", "/render/1", "respond-async")``."""
-    head, sep, prefer = text.partition("Prefer:")
-    if not sep:
-        head, sep, prefer = text.partition("prefer:")
-    parts = head.split()
-    if len(parts) == 1:
-        method, target = "GET", parts[0]
-    elif len(parts) == 2:
-        method, target = parts[0].upper(), parts[1]
-    else:
-        raise UsageError(
-            f"sample request {text!r}: expected '[METHOD] PATH [Prefer: VALUE]', "
-            "e.g. 'POST /render/1'"
-        )
-    if not target.startswith("/"):
-        raise UsageError(f"sample request {text!r}: the path must start with '/'")
-    return method, target, (prefer.strip() or None) if sep else None
-
-
-def _first_match(specs: Sequence[str], method: str, path: str) -> str | None:
-    for spec in specs:
-        if RuleSet([spec]).matches(method, path):
-            return spec
-    return None
-
-
-def classify(middleware: DeferredMiddleware, sample: str) -> Verdict:
-    """Follow the middleware's own decision order (``__call__`` then ``_dispatch``)."""
-    method, target, prefer = parse_sample(sample)
-    path = wsgi_path(unquote(target.split("?", 1)[0]))
-    notes = ""
-    if path.startswith(middleware.status_path):
-        tail = path[len(middleware.status_path) :]
-        if is_task_id(tail):
-            return Verdict(
-                sample, "status", f"status URL of task {tail} (under {middleware.status_path})"
-            )
-        notes = (
-            f"; under {middleware.status_path} but {tail!r} is not a task id "
-            "(22 characters of A-Z a-z 0-9 _ -), so the app's own route"
-        )
-    if middleware.metrics_path is not None and path == middleware.metrics_path:
-        return Verdict(sample, "metrics", "the Prometheus endpoint (--metrics-path)")
-    excluded = _first_match(middleware.exclude.specs, method, path)
-    if excluded is not None:
-        return Verdict(sample, "passed through", f"excluded by {excluded!r}{notes}")
-    prefs = parse_prefer(prefer) if middleware.honor_prefer else parse_prefer(None)
-    route = _first_match(middleware.routes.specs, method, path)
-    wait = f"; Prefer: wait={prefs.wait:g} lets it finish inline first" if prefs.wait else ""
-    if prefs.respond_async:
-        why = f"matches route {route!r}" if route else "no route matches"
-        return Verdict(sample, "deferred", f"Prefer: respond-async ({why}){wait}{notes}")
-    if route is not None:
-        return Verdict(sample, "deferred", f"matches route {route!r}{wait}{notes}")
-    if middleware.defer_after is not None:
-        return Verdict(
-            sample,
-            "deferred if slow",
-            f"no route matches; answered inline if done within {middleware.defer_after:g} s "
-            f"(--defer-after), else 202{notes}",
-        )
-    reason = "no route matches"
-    for spec in middleware.routes.specs:
-        rule_path = spec.split()[-1]
-        if rule_path != spec and RuleSet([rule_path]).matches(method, path):
-            reason += f" (route {spec!r} has this path but not the method {method})"
-            break
-    if prefer and not middleware.honor_prefer:
-        reason += "; the Prefer header is ignored (--no-prefer)"
-    return Verdict(sample, "passed through", reason + notes)
-
-
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def _split_target(items: list[str]) -> tuple[str | None, list[str]]:
-    """The optional TARGET comes first and looks like ``pkg.module:app``, not a request."""
-    if not items or items[0].startswith("/") or len(items[0].split()) != 1:
-        return None, items
-    if items[0].upper() in _METHODS:  # "GET" alone: a request that lost its path
-        raise UsageError(f"sample request {items[0]!r}: expected '[METHOD] PATH'")
-    return items[0], items[1:]
-
-
-def check(args: argparse.Namespace) -> int:
-    target, samples = _split_target(list(args.items))
-    options = middleware_options(args, dict(os.environ))
-    options.pop("store", None)  # checking rules never touches a store
-    middleware = DeferredMiddleware(_not_called, **options)
-    try:
-        verdicts = [classify(middleware, sample) for sample in samples]
-    finally:
-        middleware.close(0)
-    if target is not None:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            load_app(target)
-        except Exception as exc:
-            raise UsageError(describe_import_error(target, exc)) from None
-        print(f"{target}: imports, and is callable")
-    routes = "; ".join(middleware.routes.specs) or "none"
-    exclude = "; ".join(middleware.exclude.specs) or "none"
-    defer_after = "off" if middleware.defer_after is None else f"{middleware.defer_after:g} s"
-    print(f"routes: {routes}  exclude: {exclude}  defer-after: {defer_after}")
-    if not verdicts:
-        print("(no sample requests given)")
-        return 0
-    width = max(len(v.request) for v in verdicts)
-    kind = max(len(v.outcome) for v in verdicts)
-    for verdict in verdicts:
-        print(f"{verdict.request:<{width}}  {verdict.outcome:<{kind}}  {verdict.reason}")
-    return 0
-
-
-# -- entry point ------------------------------------------------------------------------------
-
-
-COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], int]]] = {
-    "serve": (build_serve_parser, serve),
-    "check": (build_check_parser, check),
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``wsgi-deferred`` console script; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "--version"):
-        parser = build_main_parser()
-        if not args:
-            fail(f"{PROG}: error: a command is needed: serve or check (see '{PROG} --help')")
-        parser.parse_args(args)  # prints help or version and exits 0
-    command = args[0]
-    if command not in COMMANDS:
-        fail(
-            f"{PROG}: error: unknown command {command!r}: expected serve or check "
-            f"(see '{PROG} --help')"
-        )
-    build_parser, run = COMMANDS[command]
-    parser = build_parser()
-    namespace = parser.parse_intermixed_args(args[1:])
-    try:
-        return run(namespace)
-    except (UsageError, ConfigurationError) as exc:
-        fail(f"{parser.prog}: error: {exc}")
-
-
-if __name__ == "__main__":  # python -m wsgi_deferred.cli
-    sys.exit(main())
