@@ -1,7 +1,9 @@
 """The job load: N client threads, each submitting an instant job and fetching its result.
 
 Each client keeps one HTTP/1.1 keep-alive connection (``http.client``), reopened only when the
-server closes it. A job is: ``POST /job`` → ``202`` + ``Location``, then either
+server closes it; with ``fresh=True`` every request opens its own connection instead (so
+under ``gunicorn -w N`` a job's requests land on any worker, as behind a load balancer).
+A job is: ``POST /job`` → ``202`` + ``Location``, then either
 
 * ``poll``: sleep ``POLL_INTERVAL`` (10 ms), ``GET`` the status URL, repeat while ``202``
   (``Retry-After`` is deliberately not honoured: it says 1 s, which would measure the header);
@@ -51,8 +53,9 @@ class LoadResult:
 
 
 class _Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, fresh: bool = False) -> None:
         self.port = port
+        self.fresh = fresh  # a new connection per request, closed after it
         self.conn: http.client.HTTPConnection | None = None
         self.requests = 0
 
@@ -64,13 +67,14 @@ class _Client:
         self.requests += 1
         try:
             body = b"" if method == "POST" else None
-            self.conn.request(method, path, body=body, headers=headers or {})
+            headers = {**(headers or {}), **({"Connection": "close"} if self.fresh else {})}
+            self.conn.request(method, path, body=body, headers=headers)
             response = self.conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException):
             self.close()
             raise
-        if response.will_close:
+        if response.will_close or self.fresh:
             self.close()
         return response.status, response.getheader("Location"), data
 
@@ -105,7 +109,13 @@ def one_job(client: _Client, mode: str) -> None:
 
 
 def run_load(
-    port: int, mode: str, *, clients: int = 16, max_jobs: int = 1000, max_seconds: float = 3.0
+    port: int,
+    mode: str,
+    *,
+    clients: int = 16,
+    max_jobs: int = 1000,
+    max_seconds: float = 3.0,
+    fresh: bool = False,
 ) -> LoadResult:
     """Run the load against 127.0.0.1:*port* (see the module docstring)."""
     if mode not in ("poll", "wait", "http"):
@@ -117,7 +127,7 @@ def run_load(
     stop_at = start + max_seconds
 
     def client_loop() -> None:
-        client = _Client(port)
+        client = _Client(port, fresh)
         try:
             while next(tickets) < max_jobs and time.perf_counter() < stop_at:
                 began = time.perf_counter()

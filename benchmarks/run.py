@@ -42,6 +42,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--celery-pool", choices=("prefork", "threads"), default="prefork")
     parser.add_argument(
+        "--fresh-connections",
+        action="store_true",
+        help="round trip: a new connection per request instead of keep-alive",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="RESULTS file (default RESULTS.md, or RESULTS-quick.md with --quick)",
@@ -84,7 +89,9 @@ def main(argv: list[str]) -> int:
             if name == "passthrough":
                 section = passthrough.run(args.quick, log_dir)
             elif name == "roundtrip":
-                section = roundtrip.run(args.quick, log_dir, tmp, args.celery_pool, other_tmp)
+                section = roundtrip.run(
+                    args.quick, log_dir, tmp, args.celery_pool, other_tmp, args.fresh_connections
+                )
             else:
                 section = bigresponse.run(args.quick, log_dir, tmp)
             section.seconds = time.monotonic() - began
