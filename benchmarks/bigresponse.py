@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .apps import REDIS_PREFIX_DEFAULT
@@ -25,6 +26,7 @@ from .common import (
     delete_prefix,
     median,
     redis_available,
+    redis_client,
     start_gunicorn,
 )
 
@@ -62,8 +64,11 @@ class Sampler(threading.Thread):
         return self.samples
 
 
-def fetch_big(port: int, mib: int) -> tuple[float, float, int]:
-    """Submit, long-poll and download; (seconds to result, seconds to download, bytes)."""
+def fetch_big(
+    port: int, mib: int, on_ready: Callable[[], None] = lambda: None
+) -> tuple[float, float, int]:
+    """Submit, long-poll and download; (seconds to result, seconds to download, bytes).
+    *on_ready* runs once the result is ready, before its body is read."""
     deadline = time.monotonic() + TIMEOUT
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -83,6 +88,7 @@ def fetch_big(port: int, mib: int) -> tuple[float, float, int]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the 1 GiB job did not finish in time")
         ready = time.perf_counter()
+        on_ready()
         if response.status != 200:
             raise RuntimeError(f"result answered {response.status}: {response.read(300)!r}")
         received = 0
@@ -104,8 +110,9 @@ def measure_store(label: str, url: str, rounds: int, mib: int, log_dir: Path) ->
     try:
         (pid,) = server.worker_pids()
         fetch_big(server.port, 2)  # warm-up: imports, pool threads, a spilled body
-        peaks, hwms, buffer_s, download_s = [], [], [], []
+        peaks, hwms, buffer_s, download_s, held = [], [], [], [], []
         for _ in range(rounds):
+            before = _held_by_store(url)
             idle = Sampler(pid)
             idle.start()
             time.sleep(1.0)
@@ -113,7 +120,9 @@ def measure_store(label: str, url: str, rounds: int, mib: int, log_dir: Path) ->
             sampler = Sampler(pid)
             sampler.start()
             try:
-                to_result, to_download, received = fetch_big(server.port, mib)
+                to_result, to_download, received = fetch_big(
+                    server.port, mib, lambda b=before: held.append(_held_by_store(url) - b)
+                )
             finally:
                 samples = sampler.stop()
             if received != mib * MIB:
@@ -127,9 +136,25 @@ def measure_store(label: str, url: str, rounds: int, mib: int, log_dir: Path) ->
             f"**{max(peaks):.1f}**", f"{max(hwms):.1f}",
             f"{median(buffer_s):.2f} s ({mib / median(buffer_s):,.0f} MiB/s)",
             f"{median(download_s):.2f} s ({mib / median(download_s):,.0f} MiB/s)",
+            _where(url, median(held)),
         ]  # fmt: skip
     finally:
         server.stop()
+
+
+def _held_by_store(url: str) -> int:
+    """Bytes the store itself holds outside the worker: Redis's used_memory, else 0."""
+    if url.startswith("redis://"):
+        return int(redis_client(STORE_REDIS_DB).info("memory")["used_memory"])
+    return 0
+
+
+def _where(url: str, held: float) -> str:
+    if url.startswith("redis://"):
+        return f"Redis: `used_memory` +{held / MIB:,.0f} MiB"
+    if url.startswith("sqlite://"):
+        return "a file beside the database"
+    return "a spill file in $TMPDIR"
 
 
 def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
@@ -162,7 +187,7 @@ def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
     )
     section.table(
         ["store", "idle RSS MiB", "peak growth per round, MiB", "worst growth MiB",
-         "VmHWM - idle MiB", "submit → result ready", "download"],
+         "VmHWM - idle MiB", "submit → result ready", "download", "the body sat in"],
         rows,
     )  # fmt: skip
     for row in rows:

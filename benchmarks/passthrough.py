@@ -246,7 +246,7 @@ def under_gunicorn(section: Section, quick: bool, log_dir: Path) -> None:
     section.add(
         f"Ratio of medians wrapped/raw: **{ratio:.3f}**; per-round pair ratios "
         f"{min(pairs):.3f} … {max(pairs):.3f}, median {median(pairs):.3f}. The round-to-round "
-        "spread (±{noise:.1f}%) is "
+        f"spread (±{noise:.1f}%) is "
         + ("larger" if noise > 2 else "smaller")
         + " than the 2% the target allows, so "
         + (
