@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
+
+from werkzeug.http import parse_cookie
 
 from .errors import ConfigurationError
 
@@ -25,11 +26,10 @@ def _cookie(name: str) -> Callable[[dict[str, Any]], str | None]:
         raw = environ.get("HTTP_COOKIE")
         if not raw:
             return None
-        try:
-            morsel = SimpleCookie(raw).get(name)
-        except CookieError:
-            return None
-        return morsel.value if morsel is not None else None
+        # werkzeug's parser, not http.cookies: SimpleCookie drops the *whole* header when
+        # one unrelated cookie has a value it dislikes (JSON, say), which would turn the
+        # victim into the anonymous owner.
+        return parse_cookie(raw).get(name)
 
     return read
 

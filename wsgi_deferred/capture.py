@@ -27,6 +27,21 @@ app_logger = logging.getLogger("wsgi_deferred.app")
 
 WSGIEnviron = dict[str, Any]
 
+#: Request headers that describe the original connection, not the request (RFC 9110 §7.6.1).
+#: The replay reads a de-chunked body of exact CONTENT_LENGTH, so e.g. a copied
+#: ``Transfer-Encoding: chunked`` would make werkzeug ignore that length and read nothing.
+HOP_BY_HOP_VARIABLES = frozenset(
+    {
+        "HTTP_CONNECTION",
+        "HTTP_KEEP_ALIVE",
+        "HTTP_PROXY_CONNECTION",
+        "HTTP_TE",
+        "HTTP_TRAILER",
+        "HTTP_TRANSFER_ENCODING",
+        "HTTP_UPGRADE",
+    }
+)
+
 
 class BodyError(DeferredError):
     """The request body cannot be captured; *status* is the HTTP answer to give."""
@@ -97,7 +112,7 @@ def capture_request(
         for key, value in environ.items()
         # Keys without a dot are CGI/server variables; dotted keys (wsgi.*, gunicorn.socket,
         # werkzeug.request, ...) are per-connection objects that must not outlive it.
-        if "." not in key and isinstance(value, str)
+        if "." not in key and isinstance(value, str) and key not in HOP_BY_HOP_VARIABLES
     }
     return RequestSnapshot(
         variables=variables,
@@ -159,6 +174,7 @@ class ChainedInput(io.RawIOBase):
     already read, then the rest of the original stream."""
 
     def __init__(self, head: BinaryIO, tail: BinaryIO) -> None:
+        self._head = head
         self._streams = [head, tail]
 
     def readable(self) -> bool:
@@ -172,6 +188,11 @@ class ChainedInput(io.RawIOBase):
                 return len(data)
             self._streams.pop(0)
         return 0
+
+    def close(self) -> None:
+        # Only the head is ours; the server owns (and closes) its own input stream.
+        self._head.close()
+        super().close()
 
 
 class LogStream:

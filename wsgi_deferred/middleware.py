@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .pages import render_message, wants_html
 from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
 from .replay import StartResponse, WSGIApp, serve_body
-from .rules import NO_PREFERENCES, RuleSet, parse_prefer
+from .rules import RuleSet, parse_prefer
 from .runner import Job, TaskRunner
 from .status import StatusEndpoint, respond
 from .stores import Store, default_store_url, open_store
@@ -49,6 +49,7 @@ DEFAULT_MAX_BODY = 100 * 2**20  # bytes of request body captured at most
 DEFAULT_LEASE_TIMEOUT = 30.0  # seconds without a heartbeat before a task reads `lost`
 DEFAULT_MAX_WAIT = 25.0  # seconds a `Prefer: wait` may hold a request (under Heroku's 30 s)
 PURGE_INTERVAL = 60.0  # seconds between two sweeps of expired results
+SECRET_CACHE_SECONDS = 60.0  # seconds the store's binding secret is cached per process
 #: Seconds a client is told to wait after a 503 (pool full or store down) or a 429.
 BUSY_RETRY_AFTER = 5
 
@@ -118,6 +119,7 @@ class DeferredMiddleware:
         self._store: Store | None = open_store(store) if store is not None else None
         self._store_lock = threading.Lock()
         self._secret: bytes | None = None
+        self._secret_read = 0.0
         self._last_purge = time.monotonic()
         self.binding = Binding(bind, self._store_secret)
         self.runner = TaskRunner(
@@ -171,18 +173,27 @@ class DeferredMiddleware:
     def _dispatch(
         self, environ: dict[str, Any], start_response: StartResponse, path: str
     ) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if method == "HEAD":
+            # Never deferred: a stored HEAD response (Content-Length, no body) would later
+            # be served to the GET pollers of the status URL as a truncated response.
+            return self.app(environ, start_response)
+        prefer = environ.get("HTTP_PREFER", "") if self.honor_prefer else ""
+        # Cheap tests first: an unrelated Prefer (return=minimal) or a rule's prefix with
+        # another method must stay close to the pass-through cost.
+        lowered = prefer.lower()  # RFC 7240 preference names are case-insensitive
+        prefs = parse_prefer(prefer) if "respond-async" in lowered or "wait" in lowered else None
+        asked_async = prefs is not None and prefs.respond_async
+        marked = asked_async or self.routes.matches(method, path)
+        if not marked and self.defer_after is None:
+            return self.app(environ, start_response)
         if self.exclude and self.exclude.matches(method, path):
             return self.app(environ, start_response)
-        prefs = parse_prefer(environ.get("HTTP_PREFER")) if self.honor_prefer else NO_PREFERENCES
-        marked = prefs.respond_async or self.routes.matches(method, path)
         if marked:
-            wait = min(prefs.wait or 0.0, self.max_wait)
-        elif self.defer_after is not None:
-            wait = self.defer_after
+            wait = min((prefs.wait if prefs else None) or 0.0, self.max_wait)
         else:
-            return self.app(environ, start_response)
-        return self._defer(environ, start_response, marked, wait, prefs.respond_async)
+            wait = self.defer_after  # type: ignore[assignment]
+        return self._defer(environ, start_response, marked, wait, asked_async)
 
     # -- deferring -------------------------------------------------------------------------
 
@@ -284,9 +295,11 @@ class DeferredMiddleware:
             raise exc  # "identical": the server sees the app's own exception (DESIGN.md §3)
         response = job.response
         assert response is not None
-        start_response(response.status, response.headers)
-        reader = response.body.open()
-        response.body.discard()
+        try:
+            start_response(response.status, response.headers)
+            reader = response.body.open()
+        finally:
+            response.body.discard()  # an open reader keeps the data (POSIX)
         return serve_body(environ, reader)
 
     def _busy(
@@ -322,8 +335,12 @@ class DeferredMiddleware:
         return store
 
     def _store_secret(self) -> bytes:
-        if self._secret is None:
+        # Re-read now and then: a Redis that lost its data gets a new secret, and every host
+        # must move to it, or bound tasks created on one host would 404 on the others.
+        now = time.monotonic()
+        if self._secret is None or now - self._secret_read > SECRET_CACHE_SECONDS:
             self._secret = self.get_store().secret()
+            self._secret_read = now
         return self._secret
 
     def _cancelled_locally(self, task_id: str) -> None:

@@ -184,7 +184,7 @@ class WorkerPool:
                 self._running.add(job.id)  # type: ignore[attr-defined]
             try:
                 job.run()  # type: ignore[attr-defined]
-            except Exception:  # run() handles app errors; this is a bug in us: log, live on
+            except BaseException:  # run() handles app errors; this is a bug in us: live on
                 logger.exception("task %s: internal error in worker", getattr(job, "id", "?"))
             finally:
                 with self._lock:

@@ -31,7 +31,11 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-_STATUS_RE = re.compile(r"[1-9][0-9]{2} [^\r\n]*\Z")
+# Status reasons and header values are latin-1 text without control characters other than
+# HTAB (PEP 3333 "native strings"; RFC 9110 §5.5 field-value). A value that breaks this would
+# be stored as "done" and then make every fetch of the result fail in the server.
+_STATUS_RE = re.compile(r"[1-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*\Z")
+_FIELD_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
@@ -65,7 +69,7 @@ def _check_headers(headers: object) -> list[tuple[str, str]]:
         name, value = item
         if not isinstance(name, str) or not _TOKEN_RE.match(name):
             raise ProtocolError(f"invalid response header name {name!r}")
-        if not isinstance(value, str) or "\n" in value or "\r" in value:
+        if not isinstance(value, str) or not _FIELD_VALUE_RE.match(value):
             raise ProtocolError(f"invalid value for response header {name!r}")
         checked.append((name, value))
     return checked

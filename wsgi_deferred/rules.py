@@ -73,10 +73,17 @@ class RuleSet:
         self.specs: tuple[str, ...] = tuple(specs or ())
         rules = [_parse_rule(spec) for spec in self.specs]
         self._adapter = Map(rules, strict_slashes=False, merge_slashes=False).bind("localhost")
-        # The text before a rule's first converter, in PATH_INFO's encoding.
-        self.prefixes: tuple[str, ...] = tuple(
-            sorted({wsgi_path(rule.rule.split("<", 1)[0]) for rule in rules})
+        # Each rule's static prefix (the text before its first converter, in PATH_INFO's
+        # encoding) and methods (None: any). Both are checked before werkzeug's matcher runs,
+        # so e.g. a GET under a "POST /render/<id>" rule costs a few string comparisons.
+        self._candidates: tuple[tuple[str, frozenset[str] | None], ...] = tuple(
+            (
+                wsgi_path(rule.rule.split("<", 1)[0]),
+                frozenset(rule.methods) if rule.methods else None,
+            )
+            for rule in rules
         )
+        self.prefixes: tuple[str, ...] = tuple(sorted({p for p, _ in self._candidates}))
 
     def __bool__(self) -> bool:
         return bool(self.specs)
@@ -88,8 +95,14 @@ class RuleSet:
         """True when a rule fits *path_info* (a raw ``PATH_INFO``) and *method*."""
         if not path_info.startswith(self.prefixes):
             return False
+        method = method.upper()
+        if not any(
+            path_info.startswith(prefix) and (methods is None or method in methods)
+            for prefix, methods in self._candidates
+        ):
+            return False
         try:
-            self._adapter.match(_decoded_path(path_info) or "/", method=method.upper())
+            self._adapter.match(_decoded_path(path_info) or "/", method=method)
         except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect
             return False
         return True

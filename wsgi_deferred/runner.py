@@ -181,7 +181,9 @@ class TaskRunner:
         exc_info: ExcInfo | None = None
         try:
             response = run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
-        except Exception:
+        except BaseException:
+            # Even SystemExit/KeyboardInterrupt from the app only fail this task: letting
+            # them end the worker thread would strand every task queued behind it.
             exc_info = sys.exc_info()  # type: ignore[assignment]
         finally:
             job.snapshot.discard()
@@ -248,12 +250,15 @@ class TaskRunner:
         job.cancel_flag.set()
         with job.lock:
             attached = job.attached
-            if not attached and job.state is TaskState.QUEUED:
-                # Detached and never started (the pool will not start it now): wake its
-                # inline waiter, which answers 503. Under the lock, so it cannot attach it.
+            if job.state is TaskState.QUEUED:
+                # Never started, and the pool will not start it now: free its captured
+                # body (a spilled temp file outlives the process otherwise).
                 job.snapshot.discard()
-                job.done.set()
-                return
+                if not attached:
+                    # Detached: wake its inline waiter, which answers 503. Under the lock,
+                    # so the waiter cannot attach it meanwhile.
+                    job.done.set()
+                    return
         if attached and not job.done.is_set():
             self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
             logger.warning("task %s: marked lost: %s", job.id, reason)
