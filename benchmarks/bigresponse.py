@@ -133,7 +133,7 @@ def measure_store(label: str, url: str, rounds: int, mib: int, log_dir: Path) ->
             download_s.append(to_download)
         return [
             label, f"{baseline / 1024:.1f}", ", ".join(f"{p:.1f}" for p in peaks),
-            f"**{max(peaks):.1f}**", f"{max(hwms):.1f}",
+            f"{median(peaks):.1f}", f"**{max(peaks):.1f}**", f"{max(hwms):.1f}",
             f"{median(buffer_s):.2f} s ({mib / median(buffer_s):,.0f} MiB/s)",
             f"{median(download_s):.2f} s ({mib / median(download_s):,.0f} MiB/s)",
             _where(url, median(held)),
@@ -160,7 +160,7 @@ def _where(url: str, held: float) -> str:
 def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
     section = Section("bigresponse", "4. A 1 GiB response through a deferred route")
     mib = 64 if quick else 1024
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     for directory in (tmp, Path(tempfile.gettempdir())):  # bodies, and the spill files
         free = shutil.disk_usage(directory).free
         if free < 3 * mib * MIB:
@@ -186,12 +186,12 @@ def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
         "",
     )
     section.table(
-        ["store", "idle RSS MiB", "peak growth per round, MiB", "worst growth MiB",
+        ["store", "idle RSS MiB", "peak growth per round, MiB", "median MiB", "worst MiB",
          "VmHWM - idle MiB", "submit → result ready", "download", "the body sat in"],
         rows,
     )  # fmt: skip
     for row in rows:
-        worst = float(row[3].strip("*"))
+        worst = float(row[4].strip("*"))
         section.targets.append(
             Target(f"4 peak RSS growth, {mib} MiB response ({row[0]} store)",
                    f"{worst:.1f} MiB", "≤ 32 MiB", worst <= 32)

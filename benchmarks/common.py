@@ -128,7 +128,8 @@ def _git_head() -> str:
         capture_output=True,
         text=True,
     )
-    suffix = " (+ uncommitted changes in wsgi_deferred/)" if dirty.stdout.strip() else ""
+    changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())
+    suffix = f" (+ uncommitted changes to {', '.join(changed)})" if changed else ""
     return out.stdout.strip() + suffix
 
 

@@ -175,10 +175,10 @@ def run(
     fresh: bool = False,
 ) -> Section:
     section = Section("roundtrip", "2-3. Deferred round trip per store, and the Celery baseline")
-    rounds = 2 if quick else 5
-    # 600 jobs a run keeps the plain memory server under the store's record cap through all
+    rounds = 2 if quick else 7
+    # 500 jobs a run keeps the plain memory server under the store's record cap through all
     # rounds (warm-up and one-client runs included); the "retained" server shows the cap.
-    max_jobs, seconds = (200, 1.0) if quick else (600, 3.0)
+    max_jobs, seconds = (200, 1.0) if quick else (500, 3.0)
     found = configs(tmp, celery_pool, other_tmp)
     for db in (STORE_REDIS_DB, CELERY_REDIS_DB):
         if redis_available() and redis_client(db).dbsize():
