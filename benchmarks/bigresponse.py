@@ -143,10 +143,17 @@ def measure_store(label: str, url: str, rounds: int, mib: int, log_dir: Path) ->
 
 
 def _held_by_store(url: str) -> int:
-    """Bytes the store itself holds outside the worker: Redis's used_memory, else 0."""
-    if url.startswith("redis://"):
-        return int(redis_client(STORE_REDIS_DB).info("memory")["used_memory"])
-    return 0
+    """Bytes the store itself holds outside the worker: Redis's used_memory, else 0. Waits
+    (up to 10 s) for Redis to finish freeing what an earlier UNLINK handed to its lazy-free
+    thread, so a previous round's 1 GiB does not count."""
+    if not url.startswith("redis://"):
+        return 0
+    deadline = time.monotonic() + 10
+    while True:
+        info = redis_client(STORE_REDIS_DB).info("memory")
+        if not int(info.get("lazyfree_pending_objects", 0)) or time.monotonic() > deadline:
+            return int(info["used_memory"])
+        time.sleep(0.05)
 
 
 def _where(url: str, held: float) -> str:
