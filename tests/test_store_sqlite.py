@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import sqlite3
@@ -9,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from store_contract import HOUR, StoreContract, body_of, new_record, read_all
@@ -17,7 +19,7 @@ from wsgi_deferred.buffers import COPY_CHUNK, SpooledBody
 from wsgi_deferred.errors import ConfigurationError, StoreUnavailable
 from wsgi_deferred.stores import open_store
 from wsgi_deferred.stores import sqlite as sqlite_module
-from wsgi_deferred.stores.sqlite import SQLiteStore
+from wsgi_deferred.stores.sqlite import INLINE_BODY_MAX_BYTES, SQLiteStore
 from wsgi_deferred.task import TaskState, new_task_id
 
 
@@ -36,6 +38,11 @@ def db(tmp_path: Path) -> str:
 
 def body_files(path: str) -> list[str]:
     return sorted(os.listdir(path + ".bodies"))
+
+
+def inline_bodies(path: str) -> list[tuple[str, bytes]]:
+    with closing(sqlite3.connect(path)) as raw:
+        return raw.execute("SELECT id, body FROM tasks WHERE body IS NOT NULL").fetchall()
 
 
 # -- sharing between instances and processes ---------------------------------------------------
@@ -176,12 +183,13 @@ def test_one_connection_per_thread(db: str) -> None:
 # -- bodies ------------------------------------------------------------------------------------
 
 
-def test_bodies_are_files_beside_the_database(db: str) -> None:
+def test_large_bodies_are_files_beside_the_database(db: str) -> None:
     store = SQLiteStore(db)
-    small, big = new_record(), new_record()
-    store.create(small)
+    other, big = new_record(), new_record()
+    store.create(other)
     store.create(big)
-    assert store.finish(small.id, "200 OK", [], body_of(b"small"), time.time() + HOUR)
+    other_data = os.urandom(INLINE_BODY_MAX_BYTES + 1)
+    assert store.finish(other.id, "200 OK", [], body_of(other_data), time.time() + HOUR)
     data = os.urandom(3 * COPY_CHUNK + 5)
     spilled = body_of(data, threshold=1024)
     spill_path = spilled.path
@@ -194,12 +202,87 @@ def test_bodies_are_files_beside_the_database(db: str) -> None:
     # Same filesystem: the spill file itself was kept (hard link), not copied.
     assert spill_inode in {os.stat(Path(db + ".bodies", n)).st_ino for n in names}
     contents = {Path(db + ".bodies", n).read_bytes() for n in names}
-    assert contents == {b"small", data}
+    assert contents == {other_data, data}
     assert read_all(store, big.id) == data
-    assert store.cancel(small.id) is True  # deleting a result deletes its file
+    assert store.cancel(other.id) is True  # deleting a result deletes its file
     assert [Path(db + ".bodies", n).read_bytes() for n in body_files(db)] == [data]
     assert store.purge(now=time.time() + 2 * HOUR) == 1
     assert body_files(db) == []
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_bodies_up_to_the_threshold_are_inline(db: str, spill: bool) -> None:
+    store = SQLiteStore(db)
+    sizes = [0, 1, INLINE_BODY_MAX_BYTES - 1, INLINE_BODY_MAX_BYTES, INLINE_BODY_MAX_BYTES + 1]
+    records = {size: new_record() for size in sizes}
+    payloads = {size: os.urandom(size) for size in sizes}
+    for size, record in records.items():
+        store.create(record)
+        body = body_of(payloads[size], threshold=1000 if spill else 1 << 20)
+        spill_path = body.path
+        assert store.finish(record.id, "200 OK", [], body, time.time() + HOUR)
+        assert spill_path is None or not os.path.exists(spill_path)  # discarded either way
+        assert store.get(record.id).body_size == size  # type: ignore[union-attr]
+    for size, record in records.items():
+        assert read_all(store, record.id) == payloads[size]  # byte-identical
+        reader = store.open_body(record.id)
+        assert reader is not None
+        reader.close()
+        assert isinstance(reader, io.BytesIO) == (size <= INLINE_BODY_MAX_BYTES)
+    # Only the body over the threshold has a file; the others are in their rows.
+    assert [Path(db + ".bodies", n).read_bytes() for n in body_files(db)] == [payloads[sizes[-1]]]
+    assert sorted(inline_bodies(db)) == sorted(
+        (records[size].id, payloads[size]) for size in sizes[:-1]
+    )
+
+
+def test_cancel_and_purge_remove_inline_bodies(db: str) -> None:
+    store = SQLiteStore(db)
+    cancelled, expired = new_record(), new_record()
+    for record in (cancelled, expired):
+        store.create(record)
+        assert store.finish(record.id, "200 OK", [], body_of(b"inline"), time.time() + HOUR)
+    assert len(inline_bodies(db)) == 2 and body_files(db) == []
+    assert store.cancel(cancelled.id) is True
+    assert [task_id for task_id, _ in inline_bodies(db)] == [expired.id]
+    assert store.open_body(cancelled.id) is None
+    assert store.purge(now=time.time() + 2 * HOUR) == 1
+    assert inline_bodies(db) == [] and body_files(db) == []
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+
+
+def test_a_small_job_costs_one_statement_per_call_and_no_file(db: str) -> None:
+    store = SQLiteStore(db)
+    store.get(new_task_id())  # connection and schema
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    record = new_record()
+    store.create(record)
+    assert store.claim(record.id, time.time() + 30)
+    headers = [("Content-Type", "application/json")]
+    assert store.finish(record.id, "200 OK", headers, body_of(b"{}"), time.time() + HOUR)
+    assert store.get(record.id).headers == headers  # type: ignore[union-attr]
+    assert read_all(store, record.id) == b"{}"
+    assert len(statements) == 5, statements
+    assert body_files(db) == []
+
+
+def test_version_1_database_gets_the_body_column(db: str) -> None:
+    with closing(sqlite3.connect(db)) as raw:  # the schema before inline bodies
+        raw.execute(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL,"
+            " started REAL, finished REAL, progress REAL, message TEXT, owner TEXT, label TEXT,"
+            " lease_expires REAL, expires REAL, status TEXT, headers TEXT, body_size INTEGER,"
+            " body_file TEXT)"
+        )
+    store = SQLiteStore(db)
+    record = new_record()
+    store.create(record)
+    assert store.finish(record.id, "200 OK", [], body_of(b"v2"), time.time() + HOUR)
+    assert read_all(store, record.id) == b"v2"
+    assert store._connection().execute("PRAGMA user_version").fetchone() == (2,)
+    assert SQLiteStore(db).get(record.id) is not None  # a second instance finds it done
 
 
 def test_spilled_body_is_copied_when_it_cannot_be_linked(
@@ -224,26 +307,28 @@ def test_spilled_body_is_copied_when_it_cannot_be_linked(
 class _CancelledWhileCopying(SpooledBody):
     """A body whose copy is interrupted by the client's DELETE (the finish/cancel race)."""
 
-    def __init__(self, cancel: object) -> None:
+    def __init__(self, cancel: object, size: int) -> None:
         super().__init__()
         self.cancel = cancel
-        self.write(b"too late")
+        self.write(b"x" * size)
 
-    def iter_chunks(self, chunk_size: int = COPY_CHUNK) -> Iterator[bytes]:
+    def open(self) -> BinaryIO:  # read once, inline or into a file
         assert self.cancel()  # type: ignore[operator]
-        yield from super().iter_chunks(chunk_size)
+        return super().open()
 
 
-def test_cancel_winning_during_finish_leaves_no_file(db: str) -> None:
+@pytest.mark.parametrize("size", [8, INLINE_BODY_MAX_BYTES + 1])
+def test_cancel_winning_during_finish_leaves_no_body(db: str, size: int) -> None:
     store, other = SQLiteStore(db), SQLiteStore(db)
     record = new_record()
     store.create(record)
     store.claim(record.id, time.time() + 30)
-    body = _CancelledWhileCopying(lambda: other.cancel(record.id))
+    body = _CancelledWhileCopying(lambda: other.cancel(record.id), size)
     assert store.finish(record.id, "200 OK", [], body, time.time() + HOUR) is False
     assert body_files(db) == []
     assert store.open_body(record.id) is None
     assert store.get(record.id).state is TaskState.CANCELLED  # type: ignore[union-attr]
+    assert inline_bodies(db) == []
 
 
 def test_finish_of_a_cancelled_task_writes_nothing(db: str) -> None:

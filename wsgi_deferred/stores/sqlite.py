@@ -3,9 +3,13 @@
 Every worker process of one deployment (``gunicorn -w N``) opens the same database file, so a
 status poll can land on any of them. The database runs in WAL mode (readers never wait for the
 writer) with ``synchronous=NORMAL``; each thread of each process has its own connection, and a
-process forked after the store was used (``gunicorn --preload``) opens fresh ones. Result bodies
-are files in ``<database>.bodies/`` beside the database, so they are streamed from disk and never
-held in memory or in the database.
+process forked after the store was used (``gunicorn --preload``) opens fresh ones. A result body
+of at most ``INLINE_BODY_MAX_BYTES`` (64 KiB) is a BLOB in its task's row, written by the same
+conditional UPDATE that marks the task done; a larger one is a file in ``<database>.bodies/``
+beside the database, streamed from disk and never held in memory or in the database.
+
+Schema version 2 (``PRAGMA user_version``) added the ``body`` column; a version-1 database gets
+it when first opened. Older processes cannot serve inline bodies (404): upgrade them all at once.
 
 URL rule: the text after ``sqlite://`` is the path. ``sqlite:///var/tmp/d.db`` is the absolute
 path ``/var/tmp/d.db``; SQLAlchemy's absolute form ``sqlite:////var/tmp/d.db`` means the same;
@@ -25,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -40,7 +45,11 @@ from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
 
-__all__ = ["SQLiteStore"]
+__all__ = ["INLINE_BODY_MAX_BYTES", "SQLiteStore"]
+
+#: Bodies up to this many bytes live in the task's row; larger ones are files. Small enough
+#: to hold in memory while copying, large enough that a typical JSON result needs no file.
+INLINE_BODY_MAX_BYTES = 64 * 1024
 
 T = TypeVar("T")
 
@@ -50,16 +59,16 @@ _COLUMNS = (
 )  # fmt: skip
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks WHERE id = :id"
 # No secondary index: the table only holds unexpired tasks, and purge's OR would scan anyway.
-_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS tasks (
+# A done task has one of body (inline, <= INLINE_BODY_MAX_BYTES) and body_file. Schema version
+# (PRAGMA user_version) 2 added `body`; 0 is a new or a version-1 database.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL,
     finished REAL, progress REAL, message TEXT, owner TEXT, label TEXT, lease_expires REAL,
-    expires REAL, status TEXT, headers TEXT, body_size INTEGER, body_file TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-COMMIT;
-"""
+    expires REAL, status TEXT, headers TEXT, body_size INTEGER, body_file TEXT, body BLOB
+)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+)
 # A task that may still change: unfinished, lease not run out, not expired. Every transition
 # is one UPDATE guarded by this, so of two racing processes exactly one sees rowcount 1.
 _LIVE = (
@@ -76,6 +85,28 @@ _ORPHAN_GRACE = 600.0
 # them there could checkpoint or unlink the parent's WAL, so they are parked here for good
 # (a garbage-collected Connection closes itself).
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def _immediate(conn: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T]) -> T:
+    """*operation* inside BEGIN IMMEDIATE: the write lock is taken up front, so a
+    read-then-write never fails halfway on a lock upgrade."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = operation(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    if "body" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
+        conn.execute("ALTER TABLE tasks ADD COLUMN body BLOB")  # a version-1 database
+    conn.execute("PRAGMA user_version = 2")
 
 
 class _Handle:
@@ -141,8 +172,8 @@ class SQLiteStore(Store):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # results are ephemeral: no fsync per commit
-            if not self._ready:
-                conn.executescript(_SCHEMA)
+            if not self._ready and conn.execute("PRAGMA user_version").fetchone()[0] < 2:
+                _immediate(conn, _create_schema)  # racing processes take turns
         except BaseException:
             conn.close()
             raise
@@ -167,21 +198,8 @@ class SQLiteStore(Store):
             pause = min(pause * 2, _POLL_MAX)
 
     def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """*operation* inside BEGIN IMMEDIATE: the write lock is taken up front, so a
-        read-then-write never fails halfway on a lock upgrade."""
-
-        def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = operation(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return self._run(run)
+        """*operation* inside BEGIN IMMEDIATE (see :func:`_immediate`), retried like _run."""
+        return self._run(lambda conn: _immediate(conn, operation))
 
     def _count(self, sql: str, **params: object) -> int:
         """Rows changed by one autocommitted (so atomic) statement."""
@@ -248,31 +266,33 @@ class SQLiteStore(Store):
         body: SpooledBody,
         expires: float,
     ) -> bool:
-        size = body.size
+        size, name, data = body.size, None, None
         try:
-            live = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
-            if not self._rows(live, id=task_id, now=time.time()):
-                return False  # spare copying a big body nobody will fetch
-            try:
+            if size <= INLINE_BODY_MAX_BYTES:
+                data = body.getvalue()  # goes into the row by the UPDATE below, or nowhere
+            else:
+                live = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
+                if not self._rows(live, id=task_id, now=time.time()):
+                    return False  # spare copying a big body nobody will fetch
                 name = self._write_body(task_id, body)
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot store the body of {task_id}: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot store the body of {task_id}: {exc}") from exc
         finally:
             body.discard()
-        # The file exists before the row points at it; if the row update loses (a cancel got
+        # A body file exists before the row points at it; if the row update loses (a cancel got
         # in while we wrote) or fails, the file goes, so no result is left behind unowned.
         sql = (
             "UPDATE tasks SET state = 'done', finished = :now, status = :status,"
-            " headers = :headers, body_size = :size, expires = :expires, body_file = :file"
-            f" WHERE id = :id AND {_LIVE}"
+            " headers = :headers, body_size = :size, expires = :expires, body_file = :file,"
+            f" body = :body WHERE id = :id AND {_LIVE}"
         )
-        params = {"status": status, "size": size, "expires": expires, "file": name}
+        params = {"status": status, "size": size, "expires": expires, "file": name, "body": data}
         won = False
         try:
-            headers_json = json.dumps([list(h) for h in headers])
+            headers_json = json.dumps(headers)  # tuples encode as lists
             won = self._count(sql, id=task_id, now=time.time(), headers=headers_json, **params) == 1
         finally:
-            if not won:
+            if not won and name is not None:
                 self._unlink(name)
         if won:
             self._notify()
@@ -379,14 +399,14 @@ class SQLiteStore(Store):
 
     def open_body(self, task_id: str) -> BinaryIO | None:
         sql = (
-            "SELECT body_file FROM tasks WHERE id = :id AND state = 'done'"
-            " AND body_file IS NOT NULL AND (expires IS NULL OR expires >= :now)"
+            "SELECT body, body_file FROM tasks WHERE id = :id AND state = 'done'"
+            " AND (expires IS NULL OR expires >= :now)"
         )
-        rows = self._rows(sql, id=task_id, now=time.time())
-        if not rows:
-            return None
+        inline, name = (self._rows(sql, id=task_id, now=time.time()) or [(None, None)])[0]
+        if inline is not None or name is None:  # inline: at most INLINE_BODY_MAX_BYTES
+            return None if inline is None else io.BytesIO(inline)
         try:
-            return open(os.path.join(self.bodies_dir, rows[0][0]), "rb")
+            return open(os.path.join(self.bodies_dir, name), "rb")
         except FileNotFoundError:  # deleted by a concurrent cancel or purge
             return None
 
