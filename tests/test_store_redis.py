@@ -268,6 +268,151 @@ def test_finish_losing_to_cancel_leaves_no_chunks(
     assert body.in_memory is False  # discarded by the store
 
 
+def body_keys(url: str, prefix: str) -> list[bytes]:
+    return [k for k in keys_under(url, prefix) if b":body:" in k]
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], object]], int]:
+    """Counts the commands (or pipelines) the calling thread sends while a call runs."""
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self: object, *args: object, **kwargs: object) -> object:
+        sent.append(threading.get_ident())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+
+    def count(call: Callable[[], object]) -> int:
+        del sent[:]
+        call()
+        return sent.count(threading.get_ident())
+
+    return count
+
+
+@pytest.mark.parametrize("size", [1, 12, 4095, 4096])
+def test_small_body_travels_inline_and_round_trips(
+    make_store: MakeStore, redis_url: str, redis_prefix: str, round_trips: Callable, size: int
+) -> None:
+    store = make_store(chunk_size=4096)
+    data = (bytes(range(256)) * 17)[:size]  # every byte value, NULs and high bytes included
+    record = running(store)
+    store.get(record.id)  # connections warmed up
+    results: list[object] = []
+    finish = lambda: results.append(  # noqa: E731
+        store.finish(record.id, "200 OK", [("X-A", "b")], body_of(data, 1), time.time() + HOUR)
+    )
+    assert round_trips(finish) == 1 and results == [True]  # spilled to a file or not
+    assert round_trips(lambda: results.append(store.open_body(record.id))) == 1
+    reader = results[-1]
+    assert reader is not None and reader.read() == data  # type: ignore[attr-defined]
+    assert store.get(record.id).body_size == size  # type: ignore[union-attr]
+    (key,) = body_keys(redis_url, redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    assert client.lrange(key, 0, -1) == [data]
+    assert 3590_000 < client.pttl(key) <= HOUR * 1000  # expires with the record
+    client.close()
+
+
+def test_empty_body_needs_no_body_key(store: RedisStore, redis_url: str, redis_prefix: str) -> None:
+    record = running(store)
+    assert store.finish(record.id, "204 No Content", [], body_of(b""), time.time() + HOUR)
+    assert read_all(store, record.id) == b""
+    assert body_keys(redis_url, redis_prefix) == []
+
+
+def test_body_just_over_one_chunk_is_still_chunked(
+    make_store: MakeStore, redis_url: str, redis_prefix: str, round_trips: Callable
+) -> None:
+    store = make_store(chunk_size=4096)
+    data = bytes(range(256)) * 16 + b"!"  # 4097 bytes
+    record = running(store)
+    finish = lambda: store.finish(record.id, "200 OK", [], body_of(data), time.time() + HOUR)  # noqa: E731
+    assert round_trips(finish) == 4  # state check, two chunks, the script
+    (key,) = body_keys(redis_url, redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    assert client.lrange(key, 0, -1) == [data[:4096], b"!"]
+    client.close()
+    reader = store.open_body(record.id)
+    assert reader is not None
+    with reader:
+        assert reader.read(10) == data[:10] and reader.read() == data[10:]
+
+
+def finish_and_cancel_at_once(finisher: RedisStore, canceller: RedisStore, size: int) -> bool:
+    """Runs a finish and a cancel of one running task in two threads at the same moment."""
+    record = running(finisher)
+    barrier, results = threading.Barrier(2), {}
+
+    def finish() -> None:
+        body = body_of(b"q" * size)
+        barrier.wait()
+        results["finish"] = finisher.finish(record.id, "200 OK", [], body, time.time() + HOUR)
+
+    def cancel() -> None:
+        barrier.wait()
+        results["cancel"] = canceller.cancel(record.id)
+
+    threads = [threading.Thread(target=finish), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results["cancel"] is True  # it cancelled the task, or deleted its result
+    got = finisher.get(record.id)
+    assert got is None or got.state is TaskState.CANCELLED
+    assert finisher.open_body(record.id) is None
+    return results["finish"]
+
+
+@pytest.mark.parametrize("size", [100, 5000])  # inline, chunked
+def test_finish_racing_cancel_leaves_no_body_keys(
+    make_store: MakeStore, redis_url: str, redis_prefix: str, size: int
+) -> None:
+    host_a, host_b = make_store(chunk_size=1024), make_store()
+    for _ in range(15):
+        finish_and_cancel_at_once(host_a, host_b, size)
+        assert body_keys(redis_url, redis_prefix) == []
+    # Cancelled first: the losing finish stored nothing (inline or chunk by chunk).
+    record = running(host_a)
+    assert host_b.cancel(record.id)
+    assert not host_a.finish(record.id, "200 OK", [], body_of(b"q" * size), time.time() + HOUR)
+    assert body_keys(redis_url, redis_prefix) == []
+
+
+def test_waiter_gets_the_ended_record_from_its_wake_up_token(
+    make_store: MakeStore, round_trips: Callable
+) -> None:
+    host_a, host_b = make_store(), make_store()
+    record = running(host_a, label='GET /ünïcode/\\"x"\u2028')
+    host_a.get(record.id)  # connections warmed up
+    got: list[TaskRecord | None] = []
+    counted: list[int] = []
+    thread = threading.Thread(
+        target=lambda: counted.append(round_trips(lambda: got.append(host_a.wait(record.id, 20))))
+    )
+    thread.start()
+    time.sleep(0.3)
+    headers = [("Content-Type", "text/plain; charset=ü"), ("X-Empty", "")]
+    assert host_b.finish(record.id, "201 Created", headers, body_of(b"ok"), time.time() + HOUR)
+    thread.join(5)
+    assert got[0] == host_a.get(record.id)  # what a read would have said, field for field
+    assert got[0] is not None and got[0].label == record.label and got[0].status == "201 Created"
+    assert counted == [2]  # a read, then the blocking move that brings the record
+
+    assert host_b.cancel(record.id)  # deleted: the token now says "gone"
+    assert host_a.wait(record.id, 5) is None
+
+
+def test_wait_treats_an_expired_token_record_as_gone(store: RedisStore) -> None:
+    record = running(store)
+    assert store.fail(record.id, "failed", "boom", time.time() + 0.2)
+    time.sleep(0.3)  # the record expired; its token (kept NOTIFY_TTL) still holds it
+    assert store.wait(record.id, 1) is None
+
+
 # -- TTLs, purge, secret -------------------------------------------------------------------
 
 
