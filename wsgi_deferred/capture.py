@@ -11,6 +11,7 @@ objects tied to the original connection (sockets, the server's file wrapper) are
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -68,7 +69,7 @@ class RequestSnapshot:
     def method(self) -> str:
         return self.variables.get("REQUEST_METHOD", "GET")
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         """A short human name for the work, e.g. ``POST /render/42``."""
         path = self.variables.get("SCRIPT_NAME", "") + self.variables.get("PATH_INFO", "")

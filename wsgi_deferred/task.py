@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = ["TASK_ID_LENGTH", "TaskRecord", "TaskState", "is_task_id", "new_task_id"]
@@ -76,7 +77,11 @@ class TaskRecord:
 
     def copy(self, **changes: object) -> TaskRecord:
         """A shallow copy with *changes* applied (stores hand out copies, never their own)."""
-        record = replace(self, **changes)  # type: ignore[arg-type]
+        # copy.copy, not dataclasses.replace: stores copy on every read, and replace() runs
+        # __init__ over all fields, several times slower.
+        record = copy.copy(self)
+        for name, value in changes.items():
+            setattr(record, name, value)
         if record.headers is not None:
             record.headers = list(record.headers)
         return record
