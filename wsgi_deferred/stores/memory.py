@@ -32,7 +32,8 @@ DEFAULT_MAX_RECORDS = 10_000
 
 
 class MemoryStore(Store):
-    """Tasks in a dict guarded by one condition variable (so :meth:`wait` is event-driven)."""
+    """Tasks in a dict guarded by one lock; :meth:`wait` sleeps on a per-task event, so a
+    finish wakes only the long polls of that task (not every waiter in the process)."""
 
     shared = False
 
@@ -40,13 +41,15 @@ class MemoryStore(Store):
         self.max_records = max_records
         self._records: dict[str, TaskRecord] = {}
         self._bodies: dict[str, SpooledBody] = {}
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        #: task id -> event set (and dropped) at the task's next end transition
+        self._ended: dict[str, threading.Event] = {}
         self._secret = secrets.token_bytes(32)
 
     # -- creating and running --------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> None:
-        with self._changed:
+        with self._lock:
             if record.id in self._records:
                 raise ValueError(f"task {record.id} already exists")
             if len(self._records) >= self.max_records:
@@ -67,19 +70,18 @@ class MemoryStore(Store):
             self._drop(record.id)
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             if record is None or record.state is not TaskState.QUEUED:
                 return False
             record.state = TaskState.RUNNING
             record.started = time.time()
             record.lease_expires = lease_expires
-            self._changed.notify_all()
             return True
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         renewed = set()
-        with self._changed:
+        with self._lock:
             for task_id in task_ids:
                 record = self._live(task_id)
                 if record is not None and not record.state.is_final:
@@ -88,12 +90,11 @@ class MemoryStore(Store):
         return renewed
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             if record is not None and not record.state.is_final:
                 record.progress = progress
                 record.message = message
-                self._changed.notify_all()
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class MemoryStore(Store):
         body: SpooledBody,
         expires: float,
     ) -> bool:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             if record is None or record.state.is_final:
                 body.discard()
@@ -117,12 +118,12 @@ class MemoryStore(Store):
             record.body_size = body.size
             record.expires = expires
             self._bodies[task_id] = body
-            self._changed.notify_all()
+            self._wake(task_id)
             return True
 
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
         end_state = TaskState(state)
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             if record is None or record.state.is_final:
                 return False
@@ -130,11 +131,11 @@ class MemoryStore(Store):
             record.finished = time.time()
             record.message = message
             record.expires = expires
-            self._changed.notify_all()
+            self._wake(task_id)
             return True
 
     def cancel(self, task_id: str) -> bool:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             if record is None or record.state is TaskState.CANCELLED:
                 return False
@@ -144,18 +145,18 @@ class MemoryStore(Store):
                 record.state = TaskState.CANCELLED
                 record.finished = time.time()
                 record.expires = record.finished + STALE_RETENTION
-            self._changed.notify_all()
+            self._wake(task_id)
             return True
 
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             return record.copy() if record is not None else None
 
     def open_body(self, task_id: str) -> BinaryIO | None:
-        with self._changed:
+        with self._lock:
             record = self._live(task_id)
             body = self._bodies.get(task_id)
             if record is None or record.state is not TaskState.DONE or body is None:
@@ -167,24 +168,24 @@ class MemoryStore(Store):
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._changed:
-            while True:
+        while True:
+            with self._lock:
                 record = self._live(task_id)
                 if record is None or record.state.is_final:
-                    break
+                    return record.copy() if record is not None else None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    return record.copy()
                 if record.lease_expires is not None:
                     # Wake when the lease would run out, so `lost` is reported on time.
                     remaining = min(remaining, max(0.01, record.lease_expires - time.time()))
-                self._changed.wait(remaining)
-            return record.copy() if record is not None else None
+                ended = self._ended.setdefault(task_id, threading.Event())
+            ended.wait(remaining)
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        with self._changed:
+        with self._lock:
             return self._purge_locked(time.time() if now is None else now)
 
     def _purge_locked(self, now: float) -> int:
@@ -206,7 +207,7 @@ class MemoryStore(Store):
         return self._secret
 
     def close(self) -> None:
-        with self._changed:
+        with self._lock:
             for task_id in list(self._records):
                 self._drop(task_id)
 
@@ -228,7 +229,14 @@ class MemoryStore(Store):
             record.expires = now + STALE_RETENTION
         return record
 
+    def _wake(self, task_id: str) -> None:
+        """Wake every :meth:`wait` on *task_id* (it ended, or is gone)."""
+        event = self._ended.pop(task_id, None)
+        if event is not None:
+            event.set()
+
     def _drop(self, task_id: str) -> None:
+        self._wake(task_id)
         self._records.pop(task_id, None)
         body = self._bodies.pop(task_id, None)
         if body is not None:
