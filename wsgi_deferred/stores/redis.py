@@ -53,6 +53,7 @@ from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
+from .redis_lua import PURGE_SCRIPT, SCRIPTS
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -69,166 +70,12 @@ HEALTH_CHECK_INTERVAL = 10
 #: Longest single BLMOVE inside wait(), in seconds: bounds how long a silently dropped
 #: connection (no FIN from a vanished host) can go unnoticed during a long poll.
 BLOCK_SLICE = 5.0
-#: Seconds the wake-up token of an ended task lives; it only has to outlive the short gap
-#: between a waiter's read and its BLMOVE.
-NOTIFY_TTL = 60.0
 #: TTL of a record that has no lease at all, so that nothing leaks forever.
 UNLEASED_TTL = 24 * 3600.0
-#: Purge index entries whose keys Redis expired more than this many seconds ago are trimmed
-#: on create, so the index stays bounded even if purge() is never called.
-INDEX_GRACE = 60.0
 PURGE_BATCH = 500
-LOST_MESSAGE = "the process running this task stopped renewing its lease"
 
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
-
-# Constants every script sees (Lua has no access to Python's).
-_CONSTANTS = (
-    f"local STALE, NOTIFY_MS = {STALE_RETENTION!r}, {int(NOTIFY_TTL * 1000)}\n"
-    f"local GRACE, LOST = {INDEX_GRACE!r}, {json.dumps(LOST_MESSAGE)}\n"
-)
-
-# Shared head of every per-task script. KEYS: task, done, index; ARGV: now, id, body base.
-# live() applies the store rules before any transition: an expired record is dropped, an
-# unfinished one whose lease ran out becomes `lost` (persisted, so every host agrees).
-_PRELUDE = """
-local task, done, index = KEYS[1], KEYS[2], KEYS[3]
-local now, id, body_base = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local function notify()  -- one token that waiters rotate with BLMOVE: the record, or ''
-  local rec = redis.call('HGETALL', task)
-  redis.call('DEL', done)
-  redis.call('RPUSH', done, #rec > 0 and cjson.encode(rec) or '')
-  redis.call('PEXPIRE', done, NOTIFY_MS)
-end
-local function body_key()
-  local token = redis.call('HGET', task, 'body')
-  return token and (body_base .. token)
-end
-local function drop()
-  local body = body_key()
-  if body then redis.call('UNLINK', body) end
-  redis.call('UNLINK', task)
-  redis.call('ZREM', index, id)
-  notify()
-end
-local function keep_until(at)  -- record, body and purge index all end at `at`
-  local ms = math.floor(at * 1000)
-  redis.call('PEXPIREAT', task, ms)
-  local body = body_key()
-  if body then redis.call('PEXPIREAT', body, ms) end
-  redis.call('ZADD', index, at, id)
-end
-local function leased_until(lease)
-  local at = lease + STALE
-  local expires = tonumber(redis.call('HGET', task, 'expires'))
-  if expires and expires < at then at = expires end
-  keep_until(at)
-end
-local function live()
-  local f = redis.call('HMGET', task, 'state', 'lease_expires', 'expires')
-  local state = f[1]
-  if not state then return false end
-  if f[3] and tonumber(f[3]) < now then drop() return false end
-  if (state == 'queued' or state == 'running') and f[2] and tonumber(f[2]) < now then
-    redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', LOST,
-               'expires', now + STALE)
-    keep_until(now + STALE)
-    notify()
-    return 'lost'
-  end
-  return state
-end
-local function unfinished(state) return state == 'queued' or state == 'running' end
-"""
-
-_SCRIPTS = {
-    "read": "if not live() then return false end return redis.call('HGETALL', task)",
-    # Returns {chunk count, upload token, first chunk} of a done task's body, or false.
-    "open": """
-if live() ~= 'done' then return false end
-local f = redis.call('HMGET', task, 'chunks', 'body')
-if not f[2] then return false end
-if f[1] == '0' then return {0, f[2], ''} end
-local first = redis.call('LINDEX', body_base .. f[2], 0)
-return first and {tonumber(f[1]), f[2], first}""",
-    # ARGV[4]: purge deadline; ARGV[5..]: field/value pairs.
-    "create": """
-if redis.call('EXISTS', task) == 1 then return 0 end
-redis.call('HSET', task, unpack(ARGV, 5))
-keep_until(tonumber(ARGV[4]))
-redis.call('ZREMRANGEBYSCORE', index, '-inf', now - GRACE)
-return 1""",
-    "claim": """
-if live() ~= 'queued' then return 0 end
-redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[4])
-leased_until(tonumber(ARGV[4]))
-return 1""",
-    "renew": """
-if not unfinished(live()) then return 0 end
-redis.call('HSET', task, 'lease_expires', ARGV[4])
-leased_until(tonumber(ARGV[4]))
-return 1""",
-    # ARGV[4..7]: has progress, progress, has message, message.
-    "progress": """
-if not unfinished(live()) then return 0 end
-if ARGV[4] == '1' then redis.call('HSET', task, 'progress', ARGV[5])
-else redis.call('HDEL', task, 'progress') end
-if ARGV[6] == '1' then redis.call('HSET', task, 'message', ARGV[7])
-else redis.call('HDEL', task, 'message') end
-return 1""",
-    # ARGV[4..10]: upload token, chunk count, status, headers JSON, body size, expires, and
-    # the body itself when it is one chunk (sent inline, so nothing was uploaded before).
-    "finish": """
-if not unfinished(live()) then
-  redis.call('UNLINK', body_base .. ARGV[4])  -- lost the race: its uploaded chunks go too
-  return 0
-end
-redis.call('HSET', task, 'state', 'done', 'finished', ARGV[1], 'body', ARGV[4],
-           'chunks', ARGV[5], 'status', ARGV[6], 'headers', ARGV[7], 'body_size', ARGV[8],
-           'expires', ARGV[9])
-if ARGV[10] then redis.call('RPUSH', body_base .. ARGV[4], ARGV[10]) end
-keep_until(tonumber(ARGV[9]))
-notify()
-return 1""",
-    # ARGV[4..7]: end state, has message, message, expires.
-    "fail": """
-if not unfinished(live()) then return 0 end
-redis.call('HSET', task, 'state', ARGV[4], 'finished', ARGV[1], 'expires', ARGV[7])
-if ARGV[5] == '1' then redis.call('HSET', task, 'message', ARGV[6])
-else redis.call('HDEL', task, 'message') end
-keep_until(tonumber(ARGV[7]))
-notify()
-return 1""",
-    "cancel": """
-local state = live()
-if not state or state == 'cancelled' then return 0 end
-if unfinished(state) then
-  redis.call('HSET', task, 'state', 'cancelled', 'finished', ARGV[1], 'expires', now + STALE)
-  keep_until(now + STALE)
-  notify()
-else
-  drop()
-end
-return 1""",
-}
-
-# KEYS: index; ARGV: now, prefix, batch size. Returns {ids looked at, records removed}.
-_PURGE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
-local removed = 0
-for _, id in ipairs(ids) do
-  local task, done = ARGV[2] .. 'task:{' .. id .. '}', ARGV[2] .. 'done:{' .. id .. '}'
-  local token = redis.call('HGET', task, 'body')
-  if token then redis.call('UNLINK', ARGV[2] .. 'body:{' .. id .. '}:' .. token) end
-  removed = removed + redis.call('UNLINK', task)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('DEL', done)
-  redis.call('RPUSH', done, '')
-  redis.call('PEXPIRE', done, NOTIFY_MS)
-end
-return {#ids, removed}
-"""
 
 
 class RedisStore(Store):
@@ -268,8 +115,8 @@ class RedisStore(Store):
         if self._redis.connection_pool.get_encoder().decode_responses:
             raise ConfigurationError("RedisStore needs a client with decode_responses=False")
         register = self._redis.register_script
-        self._scripts = {n: register(_CONSTANTS + _PRELUDE + s) for n, s in _SCRIPTS.items()}
-        self._purge = register(_CONSTANTS + _PURGE)
+        self._scripts = {name: register(text) for name, text in SCRIPTS.items()}
+        self._purge = register(PURGE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> RedisStore:
