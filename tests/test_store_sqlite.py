@@ -98,7 +98,7 @@ def test_wait_sees_another_instance_finish(db: str) -> None:
 def test_wait_wakes_at_once_on_a_finish_in_this_process(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "_POLL_MIN", 10.0)  # polling alone would take 10 s
+    monkeypatch.setattr(sqlite_module, "POLL_MIN", 10.0)  # polling alone would take 10 s
     store = SQLiteStore(db)
     record = new_record()
     store.create(record)

@@ -37,13 +37,14 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import Iterable
+from typing import BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
+from .sqlite_db import POLL_MAX, POLL_MIN, ConnectionPerThread
 
 __all__ = ["INLINE_BODY_MAX_BYTES", "SQLiteStore"]
 
@@ -58,17 +59,6 @@ _COLUMNS = (
     "lease_expires", "expires", "status", "headers", "body_size",
 )  # fmt: skip
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks WHERE id = :id"
-# No secondary index: the table only holds unexpired tasks, and purge's OR would scan anyway.
-# A done task has one of body (inline, <= INLINE_BODY_MAX_BYTES) and body_file. Schema version
-# (PRAGMA user_version) 2 added `body`; 0 is a new or a version-1 database.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL,
-    finished REAL, progress REAL, message TEXT, owner TEXT, label TEXT, lease_expires REAL,
-    expires REAL, status TEXT, headers TEXT, body_size INTEGER, body_file TEXT, body BLOB
-)""",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-)
 # A task that may still change: unfinished, lease not run out, not expired. Every transition
 # is one UPDATE guarded by this, so of two racing processes exactly one sees rowcount 1.
 _LIVE = (
@@ -76,53 +66,9 @@ _LIVE = (
     " AND (expires IS NULL OR expires >= :now)"
 )
 _LOST_MESSAGE = "the process running this task stopped renewing its lease"
-_POLL_MIN, _POLL_MAX = 0.005, 0.1  # seconds between polls in wait(), growing
 # Unreferenced body files younger than this (real seconds) may belong to a finish() that has
 # written its file but not yet committed its row; purge() leaves them alone.
 _ORPHAN_GRACE = 600.0
-
-# Connections inherited through fork(). SQLite forbids using them in the child, and closing
-# them there could checkpoint or unlink the parent's WAL, so they are parked here for good
-# (a garbage-collected Connection closes itself).
-_INHERITED: list[sqlite3.Connection] = []
-
-
-def _immediate(conn: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T]) -> T:
-    """*operation* inside BEGIN IMMEDIATE: the write lock is taken up front, so a
-    read-then-write never fails halfway on a lock upgrade."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = operation(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    if "body" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
-        conn.execute("ALTER TABLE tasks ADD COLUMN body BLOB")  # a version-1 database
-    conn.execute("PRAGMA user_version = 2")
-
-
-class _Handle:
-    """One thread's connection; closed when the thread ends and its ``threading.local`` dies."""
-
-    __slots__ = ("conn", "pid")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn, self.pid = conn, os.getpid()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # may run at interpreter exit
-            if self.pid == os.getpid():
-                self.conn.close()
-            else:
-                _INHERITED.append(self.conn)
 
 
 class SQLiteStore(Store):
@@ -139,8 +85,7 @@ class SQLiteStore(Store):
             os.makedirs(self.bodies_dir, exist_ok=True)  # also creates the db's parents
         except OSError as exc:
             raise StoreUnavailable(f"cannot create {self.bodies_dir}: {exc}") from exc
-        self._local = threading.local()
-        self._ready = False  # schema created by this instance
+        self._db = ConnectionPerThread(self.path, busy_timeout)
         self._secret: bytes | None = None
         self._generation = 0  # bumped by every final transition made through this instance
         self._cond_pid = os.getpid()
@@ -158,55 +103,11 @@ class SQLiteStore(Store):
             raise ConfigurationError(f"sqlite URL {url!r} names no database file")
         return cls(path, busy_timeout=busy_timeout)
 
-    # -- connections and retries -----------------------------------------------------------
+    # -- connections and change notification ------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        handle: _Handle | None = getattr(self._local, "handle", None)
-        if handle is not None and handle.pid == os.getpid():
-            return handle.conn
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves. check_same_thread=False only
-        # so _Handle.__del__ may close it from whichever thread runs the finalizer.
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # results are ephemeral: no fsync per commit
-            if not self._ready and conn.execute("PRAGMA user_version").fetchone()[0] < 2:
-                _immediate(conn, _create_schema)  # racing processes take turns
-        except BaseException:
-            conn.close()
-            raise
-        self._ready = True
-        self._local.handle = _Handle(conn)  # an inherited handle is parked by its __del__
-        return conn
-
-    def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run *operation* on this thread's connection. SQLite's busy handler already waits
-        up to busy_timeout; the loop retries the BUSY errors it returns early (WAL recovery,
-        stale snapshots) until the deadline. Nothing sqlite3 escapes: StoreUnavailable."""
-        deadline = time.monotonic() + self.busy_timeout
-        pause = _POLL_MIN
-        while True:
-            try:
-                return operation(self._connection())
-            except sqlite3.Error as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not (busy and time.monotonic() + pause < deadline):
-                    raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-
-    def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """*operation* inside BEGIN IMMEDIATE (see :func:`_immediate`), retried like _run."""
-        return self._run(lambda conn: _immediate(conn, operation))
-
-    def _count(self, sql: str, **params: object) -> int:
-        """Rows changed by one autocommitted (so atomic) statement."""
-        return self._run(lambda conn: conn.execute(sql, params).rowcount)
-
-    def _rows(self, sql: str, **params: object) -> list[tuple[Any, ...]]:
-        return self._run(lambda conn: conn.execute(sql, params).fetchall())
+        """This thread's connection (see :class:`ConnectionPerThread`)."""
+        return self._db.connection()
 
     def _condition(self) -> threading.Condition:
         # A Condition copied by fork may be held by a thread that no longer exists: renew it.
@@ -233,14 +134,14 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise ValueError(f"task {record.id} already exists") from None
 
-        self._run(insert)
+        self._db.run(insert)
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
         sql = (
             "UPDATE tasks SET state = 'running', started = :now, lease_expires = :lease"
             f" WHERE id = :id AND state = 'queued' AND {_LIVE}"
         )
-        return self._count(sql, id=task_id, now=time.time(), lease=lease_expires) == 1
+        return self._db.count(sql, id=task_id, now=time.time(), lease=lease_expires) == 1
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids, now = list(task_ids), time.time()
@@ -250,11 +151,11 @@ class SQLiteStore(Store):
             params = {"now": now, "lease": lease_expires}
             return {i for i in ids if conn.execute(sql, {**params, "id": i}).rowcount == 1}
 
-        return self._transaction(renew_all) if ids else set()
+        return self._db.transaction(renew_all) if ids else set()
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
         sql = f"UPDATE tasks SET progress = :p, message = :m WHERE id = :id AND {_LIVE}"
-        self._count(sql, id=task_id, now=time.time(), p=progress, m=message)
+        self._db.count(sql, id=task_id, now=time.time(), p=progress, m=message)
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -272,7 +173,7 @@ class SQLiteStore(Store):
                 data = body.getvalue()  # goes into the row by the UPDATE below, or nowhere
             else:
                 live = f"SELECT 1 FROM tasks WHERE id = :id AND {_LIVE}"
-                if not self._rows(live, id=task_id, now=time.time()):
+                if not self._db.rows(live, id=task_id, now=time.time()):
                     return False  # spare copying a big body nobody will fetch
                 name = self._write_body(task_id, body)
         except OSError as exc:
@@ -290,7 +191,10 @@ class SQLiteStore(Store):
         won = False
         try:
             headers_json = json.dumps(headers)  # tuples encode as lists
-            won = self._count(sql, id=task_id, now=time.time(), headers=headers_json, **params) == 1
+            won = (
+                self._db.count(sql, id=task_id, now=time.time(), headers=headers_json, **params)
+                == 1
+            )
         finally:
             if not won and name is not None:
                 self._unlink(name)
@@ -337,7 +241,7 @@ class SQLiteStore(Store):
             f" expires = :expires WHERE id = :id AND {_LIVE}"
         )
         params = {"state": end_state.value, "message": message, "expires": expires}
-        if self._count(sql, id=task_id, now=time.time(), **params) != 1:
+        if self._db.count(sql, id=task_id, now=time.time(), **params) != 1:
             return False
         self._notify()
         return True
@@ -362,7 +266,7 @@ class SQLiteStore(Store):
             )
             return True, None
 
-        existed, body_file = self._transaction(cancel_one)
+        existed, body_file = self._db.transaction(cancel_one)
         if body_file is not None:  # after COMMIT: open readers keep reading (POSIX)
             self._unlink(body_file)
         if existed:
@@ -373,7 +277,7 @@ class SQLiteStore(Store):
 
     def get(self, task_id: str) -> TaskRecord | None:
         while True:
-            now, rows = time.time(), self._rows(_SELECT, id=task_id)
+            now, rows = time.time(), self._db.rows(_SELECT, id=task_id)
             if not rows:
                 return None
             values = dict(zip(_COLUMNS, rows[0], strict=True))
@@ -393,7 +297,7 @@ class SQLiteStore(Store):
                 " expires = :expires WHERE id = :id AND state IN ('queued', 'running')"
                 " AND lease_expires < :now"
             )
-            if self._count(sql, id=task_id, now=now, **lost) == 1:
+            if self._db.count(sql, id=task_id, now=now, **lost) == 1:
                 self._notify()
                 return record.copy(**lost)
 
@@ -402,7 +306,7 @@ class SQLiteStore(Store):
             "SELECT body, body_file FROM tasks WHERE id = :id AND state = 'done'"
             " AND (expires IS NULL OR expires >= :now)"
         )
-        inline, name = (self._rows(sql, id=task_id, now=time.time()) or [(None, None)])[0]
+        inline, name = (self._db.rows(sql, id=task_id, now=time.time()) or [(None, None)])[0]
         if inline is not None or name is None:  # inline: at most INLINE_BODY_MAX_BYTES
             return None if inline is None else io.BytesIO(inline)
         try:
@@ -412,7 +316,7 @@ class SQLiteStore(Store):
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + max(0.0, timeout)
-        pause = _POLL_MIN
+        pause = POLL_MIN
         while True:
             changed = self._condition()
             with changed:
@@ -428,7 +332,7 @@ class SQLiteStore(Store):
             with changed:
                 if self._generation == seen:
                     changed.wait(nap)
-            pause = min(pause * 2, _POLL_MAX)
+            pause = min(pause * 2, POLL_MAX)
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -444,7 +348,7 @@ class SQLiteStore(Store):
             removed = conn.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount
             return [f[0] for f in files], removed
 
-        files, removed = self._transaction(purge_rows)
+        files, removed = self._db.transaction(purge_rows)
         for name in files:
             self._unlink(name)
         self._sweep_orphans()
@@ -453,7 +357,7 @@ class SQLiteStore(Store):
     def _sweep_orphans(self) -> None:
         """Remove body files no row names: left by a process killed between writing a body
         and committing its row. Uses real time, not purge's *now*: it is about file ages."""
-        known = {r[0] for r in self._rows("SELECT body_file FROM tasks WHERE body_file NOTNULL")}
+        known = {r[0] for r in self._db.rows("SELECT body_file FROM tasks WHERE body_file NOTNULL")}
         cutoff = time.time() - _ORPHAN_GRACE
         with contextlib.suppress(OSError), os.scandir(self.bodies_dir) as entries:
             for entry in entries:  # listed after the query: see _ORPHAN_GRACE
@@ -467,13 +371,9 @@ class SQLiteStore(Store):
         if self._secret is None:
             # OR IGNORE: the first process to get here wins; every process reads its key.
             insert = "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', :key)"
-            self._count(insert, key=secrets.token_bytes(32))
-            self._secret = bytes(self._rows("SELECT value FROM meta WHERE key = 'secret'")[0][0])
+            self._db.count(insert, key=secrets.token_bytes(32))
+            self._secret = bytes(self._db.rows("SELECT value FROM meta WHERE key = 'secret'")[0][0])
         return self._secret
 
     def close(self) -> None:
-        handle: _Handle | None = getattr(self._local, "handle", None)
-        self._local.handle = None
-        if handle is not None and handle.pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
-                handle.conn.close()
+        self._db.close()
