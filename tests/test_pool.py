@@ -104,6 +104,13 @@ def submit(pool: WorkerPool, job: FakeJob) -> FakeJob:
 # -- lazy start, names -------------------------------------------------------------------------
 
 
+def assert_child_passed(pid: int) -> None:
+    """Reap a forked child that exits 0 on success, or with the number of its failed check."""
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    assert os.WEXITSTATUS(status) == 0, f"child failed at check {os.WEXITSTATUS(status)}"
+
+
 def test_no_threads_before_the_first_submit(make_pool, recorder: Recorder) -> None:
     before = pool_threads()
     pool = make_pool(workers=3, on_heartbeat=recorder.on_heartbeat, name="wsgi-deferred-lazy")
@@ -399,9 +406,7 @@ def test_forked_child_has_no_threads_and_accepts_new_work(make_pool, recorder: R
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, f"child failed at check {os.WEXITSTATUS(status)}"
+    assert_child_passed(pid)
     # The parent's pool is untouched by the child's life.
     assert parent_job.id in {j.id for j in pool.jobs()}
     assert all(t.is_alive() for t in pool.threads())
@@ -434,9 +439,7 @@ def test_forked_middleware_serves_deferred_requests_in_the_child(make_mw: Harnes
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, f"child failed at check {os.WEXITSTATUS(status)}"
+    assert_child_passed(pid)
 
 
 def test_shutdown_answers_inline_waiters_of_unstarted_work_with_503(make_mw: Harness) -> None:
