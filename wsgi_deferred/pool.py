@@ -48,7 +48,8 @@ class PoolJob(Protocol):
     def run(self) -> None: ...
 
 
-_STOP = object()
+#: Put on the queue once per worker thread to stop it.
+_STOP = None
 
 
 class WorkerPool:
@@ -84,7 +85,7 @@ class WorkerPool:
         atexit.register(lambda: (p := ref()) and p.shutdown())
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[PoolJob | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
         self._wake = threading.Event()
@@ -174,23 +175,23 @@ class WorkerPool:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
-            if job is _STOP:
+            if job is None:  # _STOP
                 return
             with self._lock:
-                if job.id not in self._jobs:  # type: ignore[attr-defined]
+                if job.id not in self._jobs:
                     # Abandoned by shutdown() before it started: it must never start, even
                     # when on_abandon does not tell the job itself.
                     continue
-                self._running.add(job.id)  # type: ignore[attr-defined]
+                self._running.add(job.id)
             try:
-                job.run()  # type: ignore[attr-defined]
+                job.run()
             except BaseException:  # run() handles app errors; this is a bug in us: live on
-                logger.exception("task %s: internal error in worker", getattr(job, "id", "?"))
+                logger.exception("task %s: internal error in worker", job.id)
             finally:
                 with self._lock:
-                    self._running.discard(job.id)  # type: ignore[attr-defined]
-                    self._jobs.pop(job.id, None)  # type: ignore[attr-defined]
-                    self._forget_client(job.client_key)  # type: ignore[attr-defined]
+                    self._running.discard(job.id)
+                    self._jobs.pop(job.id, None)
+                    self._forget_client(job.client_key)
 
     def _beat(self) -> None:
         while not self._wake.wait(self.heartbeat_interval):
