@@ -67,18 +67,9 @@ class Gunicorn:
                 os.environ.get("PYTHONPATH", ""),
             ]
         )
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(self.workers),
-            "--threads", str(self.threads),
-            "--graceful-timeout", "10",
-            "--log-level", "info",
-            *self.extra_args,
-            self.target,
-        ]  # fmt: skip
+        command = self.command()
         log_dir = Path(os.environ.get("WSGI_DEFERRED_TEST_LOGS", "/tmp"))
-        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        self.log_path = log_dir / f"{self.name}-{self.port}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the subprocess
         self.process = subprocess.Popen(
             command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -88,11 +79,27 @@ class Gunicorn:
         self.wait_ready()
         return self
 
+    #: The server's name in log file names and messages.
+    name = "gunicorn"
+
+    def command(self) -> list[str]:
+        """The server's command line (other servers override it: tests/e2e/wsgi_servers.py)."""
+        return [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--graceful-timeout", "10",
+            "--log-level", "info",
+            *self.extra_args,
+            self.target,
+        ]  # fmt: skip
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
@@ -102,7 +109,7 @@ class Gunicorn:
             if len(self.worker_pids()) >= self.workers:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"gunicorn did not start within {START_TIMEOUT}s:\n{self.log()}")
+        raise RuntimeError(f"{self.name} did not start within {START_TIMEOUT}s:\n{self.log()}")
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -6,6 +6,9 @@ read first (PEP 3333 §"Input and Error Streams": by ``CONTENT_LENGTH``, or to E
 server sets ``wsgi.input_terminated``). The replay environ is built fresh: the CGI
 meta-variables (RFC 3875 §4.1), every ``HTTP_*`` variable and ``wsgi.url_scheme`` are copied;
 objects tied to the original connection (sockets, the server's file wrapper) are not.
+
+The replay sees the request the app would have seen inline (README, "What the replay sees"):
+nothing is added, dropped or changed except, and only, what :func:`replay_variables` documents.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, BinaryIO
 
 from .buffers import SPOOL_THRESHOLD, SpooledBody
 from .errors import DeferredError
+from .hop_by_hop import hop_by_hop_fields, is_hop_by_hop, variable_field_name
 
 __all__ = ["BodyError", "ChainedInput", "RequestSnapshot", "capture_request"]
 
@@ -27,21 +31,6 @@ logger = logging.getLogger("wsgi_deferred")
 app_logger = logging.getLogger("wsgi_deferred.app")
 
 WSGIEnviron = dict[str, Any]
-
-#: Request headers that describe the original connection, not the request (RFC 9110 §7.6.1).
-#: The replay reads a de-chunked body of exact CONTENT_LENGTH, so e.g. a copied
-#: ``Transfer-Encoding: chunked`` would make werkzeug ignore that length and read nothing.
-HOP_BY_HOP_VARIABLES = frozenset(
-    {
-        "HTTP_CONNECTION",
-        "HTTP_KEEP_ALIVE",
-        "HTTP_PROXY_CONNECTION",
-        "HTTP_TE",
-        "HTTP_TRAILER",
-        "HTTP_TRANSFER_ENCODING",
-        "HTTP_UPGRADE",
-    }
-)
 
 
 class BodyError(DeferredError):
@@ -79,11 +68,9 @@ class RequestSnapshot:
 
     def replay_environ(self, task_id: str, extra: dict[str, Any] | None = None) -> WSGIEnviron:
         """A new environ for one replay; its ``wsgi.input`` reads the captured body."""
+        # The variables are final (see replay_variables): CONTENT_LENGTH is already the exact
+        # body size where the original framed its body otherwise, and absent where it was.
         environ: WSGIEnviron = dict(self.variables)
-        # The exact length, and no ``wsgi.input_terminated``: with it, werkzeug (Flask) calls
-        # ``read()`` without a size, which PEP 3333's input interface (``read(size)``) does not
-        # offer and wsgiref.validate rejects; CONTENT_LENGTH alone is enough for every app.
-        environ["CONTENT_LENGTH"] = str(self.body.size)
         environ.update(
             {
                 "wsgi.version": (1, 0),
@@ -108,19 +95,52 @@ def capture_request(
 ) -> RequestSnapshot:
     """Read the body and copy the variables; raise :class:`BodyError` on bad input."""
     body = read_body(environ, max_body, spool_threshold)
-    variables = {
-        key: value
-        for key, value in environ.items()
-        # Keys without a dot are CGI/server variables; dotted keys (wsgi.*, gunicorn.socket,
-        # werkzeug.request, ...) are per-connection objects that must not outlive it.
-        if "." not in key and isinstance(value, str) and key not in HOP_BY_HOP_VARIABLES
-    }
+    variables = replay_variables(environ, body.size)
     return RequestSnapshot(
         variables=variables,
         url_scheme=str(environ.get("wsgi.url_scheme", "http")),
         multiprocess=bool(environ.get("wsgi.multiprocess", False)),
         body=body,
     )
+
+
+def replay_variables(environ: WSGIEnviron, body_size: int) -> dict[str, str]:
+    """The variables a replay gets: the original's CGI and ``HTTP_*`` variables, unchanged,
+    less exactly these:
+
+    * dotted keys (``wsgi.*``, ``gunicorn.socket``, ``werkzeug.request``, ...) and values that
+      are not ``str``: per-connection objects that must not outlive it (the replay environ
+      gets fresh ``wsgi.*`` values);
+    * hop-by-hop fields (:mod:`wsgi_deferred.hop_by_hop`, RFC 9110 §7.6.1), including those
+      the request's own ``Connection`` field names;
+    * ``CONTENT_LENGTH`` is set to the exact body size when the body was framed without one
+      (chunked, or read to EOF under ``wsgi.input_terminated``): the replay has no
+      ``Transfer-Encoding`` and no ``wsgi.input_terminated``, so the length is how the app
+      learns the size (PEP 3333 §"Input and Error Streams"; with ``wsgi.input_terminated``
+      werkzeug would call ``read()`` without a size, which PEP 3333's input does not offer and
+      wsgiref.validate rejects). A request without a body keeps its ``CONTENT_LENGTH`` as it
+      was: absent, empty or ``"0"``.
+    """
+    fields = hop_by_hop_fields([str(environ.get("HTTP_CONNECTION", ""))])
+    variables: dict[str, str] = {}
+    for key, value in environ.items():
+        if "." in key or not isinstance(value, str):
+            continue
+        name = variable_field_name(key)
+        if name is not None and is_hop_by_hop(name, fields):
+            continue
+        variables[key] = value
+    declared = declared_length(environ)
+    # A body read to EOF (a non-empty one, or an empty chunked one); under gunicorn every
+    # request is ``wsgi.input_terminated``, a GET without a body included.
+    framed_otherwise = (
+        declared is None
+        and bool(environ.get("wsgi.input_terminated"))
+        and (body_size > 0 or "HTTP_TRANSFER_ENCODING" in environ)
+    )
+    if framed_otherwise or (declared is not None and declared != body_size):
+        variables["CONTENT_LENGTH"] = str(body_size)
+    return variables
 
 
 def declared_length(environ: WSGIEnviron) -> int | None:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from werkzeug.http import is_hop_by_hop_header
-
 from .buffers import COPY_CHUNK, SPOOL_THRESHOLD, SpooledBody
 from .errors import ProtocolError
+from .hop_by_hop import hop_by_hop_fields, is_hop_by_hop
 
 __all__ = ["BufferedResponse", "run_and_buffer", "serve_body", "strip_hop_by_hop"]
 
@@ -49,8 +48,11 @@ class BufferedResponse:
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers minus the hop-by-hop ones (RFC 9110 §7.6.1), which belong to one connection."""
-    return [(name, value) for name, value in headers if not is_hop_by_hop_header(name)]
+    """Headers minus the hop-by-hop ones (RFC 9110 §7.6.1), which belong to one connection:
+    the fixed ones and those a ``Connection`` header of the same response names."""
+    headers = list(headers)
+    fields = hop_by_hop_fields(value for name, value in headers if name.lower() == "connection")
+    return [(name, value) for name, value in headers if not is_hop_by_hop(name, fields)]
 
 
 def _check_status(status: object) -> str:
