@@ -14,6 +14,9 @@ from servers import http_request
 
 #: Seconds one job may take from submit to result before the load fails.
 JOB_TIMEOUT = 60.0
+#: Seconds to pause after a poll that was answered 202 at once (a server that does not hold
+#: polls, e.g. a single-threaded worker), so the loop does not spin.
+POLL_PAUSE = 0.05
 
 
 @dataclass
@@ -35,6 +38,7 @@ def run_job(submit_port: int, fetch_port: int, size: int, report: LoadReport) ->
         result = http_request(fetch_port, "GET", location, headers={"Prefer": "wait=10"})
         if result.status != 202 or time.monotonic() > deadline:
             break
+        time.sleep(POLL_PAUSE)
     report.statuses[f"result {result.status}"] += 1
     if result.status != 200:
         report.mismatches.append(f"{location}: {result.status} {result.body[:200]!r}")
