@@ -55,6 +55,8 @@ class Gunicorn:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: Set when :meth:`stop` had to SIGKILL a server that ignored *sig*.
+    escalated: bool = False
 
     def start(self) -> Gunicorn:
         env = dict(os.environ)
@@ -131,6 +133,7 @@ class Gunicorn:
             os.killpg(self.process.pid, sig)
             self.process.wait(timeout)
         except (subprocess.TimeoutExpired, ProcessLookupError):
+            self.escalated = True
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -52,6 +52,7 @@ def running(kind: str, env: dict[str, str]) -> Iterator[GunicornServer]:
         yield server
     finally:
         server.stop()
+    assert not server.escalated, f"{kind} did not stop on SIGTERM:\n{server.log()}"
 
 
 def start_sleep(server: GunicornServer, seconds: float) -> str:
