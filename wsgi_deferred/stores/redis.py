@@ -1,4 +1,6 @@
-"""The Redis store: ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``).
+"""The Redis store: ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``), Redis
+Cluster (``redis+cluster://node:6379/0``) and Sentinel
+(``redis+sentinel://s1:26379,s2:26379/MASTER_NAME/0``); see :mod:`.redis_connect`.
 
 For several hosts behind a load balancer: any host's status URL serves any host's task.
 State changes are Lua scripts (atomic on the server), expiry is Redis TTLs, and long
@@ -12,27 +14,33 @@ Usage::
     store = RedisStore("redis://redis.internal:6379/0", prefix="myapp:deferred:")
     app = DeferredMiddleware(app, routes=["POST /render/<id>"], store=store)
 
-Key layout (``P`` is the prefix, ``ID`` the task id; ``{ID}`` is a hash tag)::
+Key layout (``P`` is the prefix, ``ID`` the task id; ``{...}`` is a hash tag)::
 
-    P task:{ID}           hash: one field per TaskRecord field (absent = None), plus
-                          ``body`` (upload token) and ``chunks`` (body chunk count)
-    P body:{ID}:<token>   list: the body in ``chunk_size`` pieces; one token per finish attempt
-    P done:{ID}           list holding one token, pushed when the task ends or vanishes: the
-                          record as a JSON array of field/value pairs, or "" once it is gone
-    P index               sorted set: id -> when purge() may remove it (same time as its TTL)
-    P secret              the shared key behind ``bind`` hashes
+    P task:{ID}             hash: one field per TaskRecord field (absent = None), plus
+                            ``body`` (set once a body is stored), ``chunks`` (its chunk
+                            count) and ``purge_at`` (when purge() may remove the task)
+    P body:{ID}             list: the body in ``chunk_size`` pieces
+    P upload:{ID}:<token>   list: chunks of one finish attempt, renamed to ``body`` by the
+                            finish that wins (deleted by one that loses, or by its TTL)
+    P done:{ID}             list holding one token, pushed when the task ends or vanishes: the
+                            record as a JSON array of field/value pairs, or "" once it is gone
+    P index:{N}             sorted set, N = crc32(ID) % INDEX_SHARDS: id -> a lower bound of
+                            its ``purge_at``, so purge() finds what is due
+    P secret                the shared key behind ``bind`` hashes
 
 Long polls: every end transition (and every deletion) leaves one token in ``done:{ID}``;
 waiters ``BLMOVE`` that list onto itself, a rotation that never consumes the token, so every
 waiter on every host wakes at once (Redis serves its blocked clients one after another), and
-the token it hands them is the record itself, so waking costs no further read.
+the token it hands them is the record itself, so waking costs no further read. The BLMOVE
+runs on a second client whose socket timeout outlasts the block (public redis-py API; a
+client handed in is used with blocks shorter than its own socket timeout instead).
 
-Round trips: one script per call; ``finish`` of a body of at most one chunk carries it in
-the script (else: a state check, one per chunk, the script); ``open_body`` returns the first
-chunk with the state check, so a one-chunk body is served in one round trip too.
+Round trips (standalone, Sentinel): one per call; ``finish`` of a body of at most one chunk
+carries it in the script (else: a state check, one per chunk, the script); ``open_body``
+returns the first chunk with the state check. On Redis Cluster, calls that also move an
+index entry take two (redis-py does not pipeline EVALSHA on a cluster).
 
-Needs Redis >= 6.2 (BLMOVE), redis-py >= 5.3 (per-call read timeouts), and standalone Redis
-or one primary: the scripts touch keys they compute, which Redis Cluster does not allow.
+Needs Redis >= 6.2 (BLMOVE, ZADD GT/LT) and redis-py >= 5.3.
 """
 
 from __future__ import annotations
@@ -41,19 +49,21 @@ import contextlib
 import io
 import json
 import secrets
+import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import NoScriptError
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
-from .redis_lua import PURGE_SCRIPT, SCRIPTS
+from .redis_connect import connector
+from .redis_lua import SCRIPTS
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
 
@@ -70,12 +80,41 @@ HEALTH_CHECK_INTERVAL = 10
 #: Longest single BLMOVE inside wait(), in seconds: bounds how long a silently dropped
 #: connection (no FIN from a vanished host) can go unnoticed during a long poll.
 BLOCK_SLICE = 5.0
+#: Shortest BLMOVE, in seconds (0 would mean "block forever").
+MIN_BLOCK = 0.01
 #: TTL of a record that has no lease at all, so that nothing leaks forever.
 UNLEASED_TTL = 24 * 3600.0
+#: Index entries per purge step (one ZRANGEBYSCORE; one script each), and steps per shard
+#: per purge() call: bounded work per command, and per call.
 PURGE_BATCH = 500
+PURGE_ROUNDS = 1000
+#: Sorted sets the purge index is spread over: on a cluster they land on different slots
+#: (and nodes), so no single key takes every task's write.
+INDEX_SHARDS = 16
+#: Index entries due more than this many seconds ago are trimmed on create, so the index
+#: stays bounded even if purge() is never called (Redis TTLs removed their records).
+INDEX_GRACE = 60.0
 
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
+
+# ---- Key rules (Redis Cluster; read before adding keys or scripts) ------------------------
+# * A task's keys are `<prefix><kind>:{<id>}[:more]`: the `{<id>}` hash tag puts all of them
+#   in one slot. A key for many tasks (index, secret, counters) never has a task's tag.
+# * A Lua script gets EVERY key it touches in KEYS (no key built inside the script), and all
+#   of one script's keys share one slot: in practice, the keys of one task (`_keys()`).
+#   redis-py's RedisCluster routes EVALSHA by its first key and the server refuses keys of
+#   other slots (CROSSSLOT).
+# * Keys that span tasks are updated by plain commands beside the scripts (`before=` of
+#   `_run`), so they may lag a script by a crash: make them hints that a later per-task
+#   script checks (the index holds lower bounds that purge() re-checks), never the truth.
+#   Spread hot ones over several hash tags (`index:{N}`), never KEYS: SCAN or sharded sets.
+# * Blocking commands: on one key, with a finite timeout, in a loop (`wait()`); on the
+#   long-poll client (`_blocking()`), whose socket timeout outlasts the block.
+# * EVALSHA cannot be pipelined on a cluster (redis-py refuses it): see `_run`, `renew`.
+# ------------------------------------------------------------------------------------------
+
+Before = Callable[[Any], object]
 
 
 class RedisStore(Store):
@@ -85,7 +124,7 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        client_or_url: redis.Redis | str,
+        client_or_url: redis.Redis | redis.RedisCluster | str,
         *,
         prefix: str = DEFAULT_PREFIX,
         socket_timeout: float = SOCKET_TIMEOUT,
@@ -96,31 +135,36 @@ class RedisStore(Store):
         if chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
         self.prefix, self.chunk_size = prefix, chunk_size
-        self.socket_timeout = socket_timeout  # also the margin a long poll's reply gets
+        self.socket_timeout = socket_timeout
         self._owns_client = isinstance(client_or_url, str)
+        self._connect: Callable[..., Any] | None = None
+        self._long_poll: Any = None
+        self._lock = threading.Lock()
         if isinstance(client_or_url, str):
             options: dict[str, object] = {
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": connect_timeout,
                 "health_check_interval": HEALTH_CHECK_INTERVAL,
-                # No retries: a dead Redis must fail fast, and a blind retry of an RPUSH or
-                # a script whose reply was lost would apply it twice. The pool replaces
-                # connections the server closed by itself when it hands them out.
-                "retry": Retry(NoBackoff(), 0),
                 **client_options,
             }
-            self._redis: redis.Redis = redis.Redis.from_url(client_or_url, **options)
+            self._connect, self._cluster = connector(client_or_url, **options)
+            self._redis: Any = self._connect()
+            self._block_slice = BLOCK_SLICE
         else:
-            self._redis = client_or_url
-        if self._redis.connection_pool.get_encoder().decode_responses:
+            self._redis = self._long_poll = client_or_url
+            self._cluster = isinstance(client_or_url, redis.RedisCluster)
+            # Its own socket timeout bounds every read: block for less, leaving the reply
+            # time to arrive (None: no timeout at all).
+            timeout = client_or_url.get_connection_kwargs().get("socket_timeout")
+            slice_ = BLOCK_SLICE if timeout is None else timeout - min(timeout / 2, 1.0)
+            self._block_slice = max(MIN_BLOCK, min(BLOCK_SLICE, slice_))
+        if self._redis.get_encoder().decode_responses:
             raise ConfigurationError("RedisStore needs a client with decode_responses=False")
-        register = self._redis.register_script
-        self._scripts = {name: register(text) for name, text in SCRIPTS.items()}
-        self._purge = register(PURGE_SCRIPT)
+        self._scripts = {name: self._redis.register_script(text) for name, text in SCRIPTS.items()}
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> RedisStore:
-        """The store for a ``redis://``, ``rediss://`` or ``unix://`` *url*."""
+        """The store for a Redis *url* (any scheme in :data:`.redis_connect.SCHEMES`)."""
         return cls(url, **options)  # type: ignore[arg-type]
 
     # -- plumbing --------------------------------------------------------------------------
@@ -128,14 +172,67 @@ class RedisStore(Store):
     def _key(self, kind: str, task_id: str) -> str:
         return f"{self.prefix}{kind}:{{{task_id}}}"
 
-    def _run(self, name: str, task_id: str, *args: object, pipe: object = None) -> object:
-        keys = [self._key("task", task_id), self._key("done", task_id), self.prefix + "index"]
-        head = [repr(time.time()), task_id, self._key("body", task_id) + ":"]
+    def _keys(self, task_id: str) -> list[str]:
+        """KEYS[1..3] of every per-task script: one task's keys, one hash slot."""
+        return [self._key("task", task_id), self._key("done", task_id), self._key("body", task_id)]
+
+    def _shard(self, number: int) -> str:
+        return f"{self.prefix}index:{{{number}}}"
+
+    def _index(self, task_id: str) -> str:
+        return self._shard(zlib.crc32(task_id.encode()) % INDEX_SHARDS)
+
+    def _run(
+        self,
+        name: str,
+        task_id: str,
+        *args: object,
+        before: Before | None = None,
+        keys: Iterable[str] = (),
+        now: float | None = None,
+    ) -> Any:
+        """Run script *name* on one task; *before* queues index commands on a pipeline,
+        sent with the script in one round trip (two on a cluster), ahead of it: the index
+        may name a task that is not (yet) there, never miss one that is."""
+        call = self._scripts[name]
+        argv = [repr(time.time() if now is None else now), *args]
+        all_keys = [*self._keys(task_id), *keys]
         with _unavailable():
-            return self._scripts[name](keys, [*head, *args], client=pipe)  # type: ignore[arg-type]
+            if before is None:
+                return call(all_keys, argv)
+            pipe = self._redis.pipeline(transaction=False)
+            before(pipe)
+            if self._cluster:
+                pipe.execute()
+                return call(all_keys, argv)
+            return self._execute(pipe, [self._queue(pipe, name, all_keys, argv)])[-1]
+
+    def _queue(self, pipe: Any, name: str, keys: list[str], argv: list[Any]) -> Any:
+        """Queue script *name* on *pipe* as a bare EVALSHA; returns what `_execute` needs.
+        (Not ``Script(..., client=pipe)``: that costs a SCRIPT EXISTS round trip per call.)"""
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *argv)
+        return name, keys, argv
+
+    def _execute(self, pipe: Any, calls: list[Any]) -> list[Any]:
+        """Send *pipe*, whose last commands are *calls* (`_queue`); their results. A script
+        the server does not know (restarted, flushed) did not run: load it and run it."""
+        results = pipe.execute(raise_on_error=False)
+        out = results[len(results) - len(calls) :]
+        for n, (name, keys, argv) in enumerate(calls):
+            if isinstance(out[n], NoScriptError):
+                out[n] = self._scripts[name](keys, argv)  # loads it, then runs it
+        for result in (*results[: len(results) - len(calls)], *out):
+            if isinstance(result, Exception):
+                raise result
+        return out
+
+    def _lower(self, task_id: str, at: float) -> Before:
+        """Lower the task's index entry to *at* if it is later (scores stay lower bounds)."""
+        key = self._index(task_id)
+        return lambda pipe: pipe.zadd(key, {task_id: at}, xx=True, lt=True)
 
     def _read(self, task_id: str) -> dict[str, bytes] | None:
-        flat: list[bytes] | None = self._run("read", task_id)  # type: ignore[assignment]
+        flat: list[bytes] | None = self._run("read", task_id)
         return _fields(flat) if flat else None
 
     # -- creating and running --------------------------------------------------------------
@@ -148,21 +245,36 @@ class RedisStore(Store):
         if record.expires is not None:
             deadline = min(deadline, record.expires)
         fields = [item for pair in _encode(record).items() for item in pair]
-        if not self._run("create", record.id, repr(deadline), *fields):
+        index = self._index(record.id)
+
+        def before(pipe: Any) -> None:
+            pipe.zadd(index, {record.id: deadline}, lt=True)
+            pipe.zremrangebyscore(index, "-inf", time.time() - INDEX_GRACE)
+
+        if not self._run("create", record.id, repr(deadline), *fields, before=before):
             raise ValueError(f"task {record.id} already exists")
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        return bool(self._run("claim", task_id, repr(float(lease_expires))))
+        lease = float(lease_expires)
+        before = self._lower(task_id, lease + STALE_RETENTION)
+        return bool(self._run("claim", task_id, repr(lease), before=before))
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return set()
-        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
-        for task_id in ids:
-            self._run("renew", task_id, repr(float(lease_expires)), pipe=pipe)
+        lease, until = repr(float(lease_expires)), float(lease_expires) + STALE_RETENTION
         with _unavailable():
-            results = pipe.execute()
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
+            for task_id in ids:  # raise the index entries with the leases (GT: never lower)
+                pipe.zadd(self._index(task_id), {task_id: until}, xx=True, gt=True)
+            if self._cluster:  # no EVALSHA in a cluster pipeline: one script at a time
+                pipe.execute()
+                results = [self._run("renew", task_id, lease) for task_id in ids]
+            else:
+                argv = [repr(time.time()), lease]
+                calls = [self._queue(pipe, "renew", self._keys(i), argv) for i in ids]
+                results = self._execute(pipe, calls)
         return {task_id for task_id, ok in zip(ids, results, strict=True) if ok}
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
@@ -179,37 +291,42 @@ class RedisStore(Store):
         expires: float,
     ) -> bool:
         try:
-            # A fresh key per attempt: chunks of a finish that loses the race (the script
-            # then deletes them) or dies halfway (the TTL does) never mix with a winner's.
-            token = secrets.token_hex(8)
+            # A fresh upload key per attempt: chunks of a finish that loses the race (the
+            # script then deletes them) or dies halfway (the TTL does) never mix with a
+            # winner's, which the script renames to the body key.
+            upload = f"{self._key('upload', task_id)}:{secrets.token_hex(8)}"
             head = (status, json.dumps([list(h) for h in headers]), body.size, repr(float(expires)))
+            before = self._lower(task_id, float(expires))
             if body.size <= self.chunk_size:  # one round trip: the script stores it
                 data = b"".join(body.iter_chunks(self.chunk_size))
-                inline = (token, 1, *head, data) if data else (token, 0, *head)
-                return bool(self._run("finish", task_id, *inline))
+                inline = (1, *head, data) if data else (0, *head)
+                return bool(self._run("finish", task_id, *inline, keys=[upload], before=before))
             current = self._read(task_id)  # early exit: don't upload a body bound to be refused
             if current is None or current["state"] not in (b"queued", b"running"):
                 return False
-            body_key = f"{self._key('body', task_id)}:{token}"
             chunks = 0
             with _unavailable():
                 for chunk in body.iter_chunks(self.chunk_size):
                     pipe = self._redis.pipeline(transaction=False)
-                    pipe.rpush(body_key, chunk)
-                    if not chunks:
-                        pipe.expire(body_key, int(STALE_RETENTION))
+                    pipe.rpush(upload, chunk)
+                    pipe.expire(upload, int(STALE_RETENTION))  # an hour after the last chunk
                     pipe.execute()
                     chunks += 1
-            return bool(self._run("finish", task_id, token, chunks, *head))
+            return bool(self._run("finish", task_id, chunks, *head, keys=[upload], before=before))
         finally:
             body.discard()
 
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
         args = (TaskState(state).value, *_optional(message), repr(float(expires)))
-        return bool(self._run("fail", task_id, *args))
+        return bool(self._run("fail", task_id, *args, before=self._lower(task_id, expires)))
 
     def cancel(self, task_id: str) -> bool:
-        return bool(self._run("cancel", task_id))
+        before = self._lower(task_id, time.time() + STALE_RETENTION)
+        result = self._run("cancel", task_id, before=before)
+        if result == 2:  # a finished task, deleted: its index entry goes too
+            with _unavailable():
+                self._redis.zrem(self._index(task_id), task_id)
+        return bool(result)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -221,11 +338,10 @@ class RedisStore(Store):
         found = self._run("open", task_id)
         if not found:  # not done, or its body expired or was deleted
             return None
-        count, token, first = found  # type: ignore[misc]
+        count, first = found
         if count <= 1:
             return io.BytesIO(first)
-        key = f"{self._key('body', task_id)}:{token.decode()}"
-        raw = _ChunkReader(self._redis, key, count, first)
+        raw = _ChunkReader(self._redis, self._key("body", task_id), count, first)
         return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
@@ -235,11 +351,11 @@ class RedisStore(Store):
             remaining = deadline - time.monotonic()
             if record is None or record.state.is_final or remaining <= 0:
                 return record
-            block = min(remaining, BLOCK_SLICE)
+            block = min(remaining, self._block_slice)
             if record.lease_expires is not None:
                 # Wake just after the lease would run out, so `lost` is reported on time.
                 block = min(block, record.lease_expires - time.time() + 0.005)
-            token = self._blmove_token(task_id, max(block, 0.01))  # 0 would mean "forever"
+            token = self._blmove_token(task_id, max(block, MIN_BLOCK))
             if token == b"":  # deleted, expired or purged
                 return None
             if token and token.startswith(b"["):  # the record as it ended: no read needed
@@ -249,33 +365,59 @@ class RedisStore(Store):
 
     def _blmove_token(self, task_id: str, seconds: float) -> bytes | None:
         """Block until the task's wake-up token exists (or *seconds* pass), leaving it there;
-        return it (None at the timeout).
-
-        Runs on a pooled connection with a per-call read timeout longer than the block, so
-        a long poll never trips the short socket timeout, while a server that dies closes
-        the socket and the read fails at once."""
-        key, pool = self._key("done", task_id), self._redis.connection_pool
+        return it (None at the timeout). A server that dies closes the socket, so the read
+        fails at once rather than at the socket timeout."""
+        key = self._key("done", task_id)
         with _unavailable():
-            conn = pool.get_connection()
-            try:
-                conn.send_command("BLMOVE", key, key, "RIGHT", "LEFT", round(seconds, 3))
-                return conn.read_response(timeout=seconds + self.socket_timeout)  # type: ignore[no-any-return]
-            finally:
-                pool.release(conn)
+            client = self._blocking()
+            return client.blmove(key, key, round(seconds, 3), "RIGHT", "LEFT")  # type: ignore[no-any-return]
+
+    def _blocking(self) -> Any:
+        """The long-poll client: made on first use, with a socket timeout that outlasts
+        the longest block (so a long poll never trips the short one of other calls)."""
+        if self._long_poll is None:
+            with self._lock:
+                if self._long_poll is None and self._connect is not None:
+                    timeout = BLOCK_SLICE + self.socket_timeout
+                    self._long_poll = self._connect(socket_timeout=timeout)
+        return self._long_poll
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        # Redis TTLs do the real work; the index finds what is due before its TTL fires
-        # (a caller asking with a later `now`).
-        args = [repr(time.time() if now is None else now), self.prefix, PURGE_BATCH]
+        # Redis TTLs do the real work; the index finds what is due before its TTL fires (a
+        # caller asking with a later `now`). Its scores are lower bounds: each due entry is
+        # checked by a per-task script, which removes the task or tells its real deadline.
+        at = time.time() if now is None else now
         removed = 0
         with _unavailable():
-            while True:
-                seen, gone = self._purge([self.prefix + "index"], args)
-                removed += int(gone)
-                if int(seen) < PURGE_BATCH:
-                    return removed
+            for shard in map(self._shard, range(INDEX_SHARDS)):
+                for _ in range(PURGE_ROUNDS):
+                    due = self._redis.zrangebyscore(shard, "-inf", f"({at!r}", 0, PURGE_BATCH)
+                    ids = [member.decode() for member in due]
+                    if not ids:
+                        break
+                    results = self._purge_each(ids, at)
+                    removed += sum(1 for result in results if result == 1)
+                    pipe = self._redis.pipeline(transaction=False)
+                    pairs = list(zip(ids, results, strict=True))
+                    forget = [i for i, result in pairs if result in (-1, 1)]
+                    if forget:
+                        pipe.zrem(shard, *forget)
+                    later = {i: float(result) for i, result in pairs if isinstance(result, bytes)}
+                    if later:  # not due after all: its entry moves to its real deadline
+                        pipe.zadd(shard, later, xx=True)
+                    pipe.execute()
+                    if len(ids) < PURGE_BATCH:
+                        break
+        return removed
+
+    def _purge_each(self, ids: list[str], at: float) -> list[Any]:
+        if self._cluster:  # no EVALSHA in a cluster pipeline: one script at a time
+            return [self._run("purge", task_id, now=at) for task_id in ids]
+        pipe = self._redis.pipeline(transaction=False)
+        calls = [self._queue(pipe, "purge", self._keys(i), [repr(at)]) for i in ids]
+        return self._execute(pipe, calls)
 
     def secret(self) -> bytes:
         # Not cached: should Redis lose its data, every host must move to the same new key.
@@ -287,11 +429,15 @@ class RedisStore(Store):
                 value = self._redis.get(key)
         if not value:
             raise StoreUnavailable("the Redis store lost its shared secret while creating it")
-        return bytes(value)  # type: ignore[arg-type]
+        return bytes(value)
 
     def close(self) -> None:
         if self._owns_client:  # a client handed in belongs to whoever made it
             self._redis.close()
+            with self._lock:
+                long_poll, self._long_poll = self._long_poll, None
+            if long_poll is not None:
+                long_poll.close()
 
 
 class _ChunkReader(io.RawIOBase):
