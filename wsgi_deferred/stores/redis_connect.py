@@ -111,8 +111,15 @@ def _sentinel(url: str, tls: bool, options: dict[str, Any]) -> Connect:
         master["password"] = unquote(parts.password)
     if tls:
         master["ssl"] = True
+    # A dead sentinel must cost one refused connection, not redis-py's retries with backoff
+    # (seconds per new master connection): the next sentinel in the list answers instead.
     sentinel_options: dict[str, Any] = {
-        key: options[key] for key in ("socket_timeout", "socket_connect_timeout") if key in options
+        "retry": _no_retry(),
+        **{
+            key: options[key]
+            for key in ("socket_timeout", "socket_connect_timeout")
+            if key in options
+        },
     }
     if "sentinel_password" in query:
         sentinel_options["password"] = query["sentinel_password"]
