@@ -1,6 +1,8 @@
 """RedisStore on a real local Redis Cluster (three primaries) and behind a real Sentinel: the
 shared contract on both, plus what the cluster rules demand (one slot per task, scripts that
-declare their keys, no cross-slot work) and the URL forms."""
+declare their keys, no cross-slot work) and the URL forms.
+
+The ``redis_cluster`` and ``redis_sentinel`` session fixtures come from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis_cluster as fixtures
-from redis_cluster import LocalCluster, LocalSentinel
+from redis_cluster import MASTER_NAME, LocalCluster, LocalSentinel
 from store_contract import HOUR, StoreContract, body_of, new_record, read_all
 
 from wsgi_deferred import config
@@ -25,10 +26,6 @@ from redis.cluster import RedisCluster  # noqa: E402
 
 from wsgi_deferred.stores import redis_connect  # noqa: E402
 from wsgi_deferred.stores.redis import INDEX_SHARDS, RedisStore  # noqa: E402
-
-# Session fixtures (one cluster, one sentinel for the whole run), bound here for pytest.
-redis_cluster = fixtures.redis_cluster
-redis_sentinel = fixtures.redis_sentinel
 
 MakeStore = Callable[..., RedisStore]
 
@@ -246,3 +243,38 @@ def test_sentinel_url_options_reach_redis_py() -> None:
     assert [s.get_connection_kwargs()["port"] for s in sentinels] == [1, 2, 26379]
     assert all(s.get_connection_kwargs()["password"] == "sp" for s in sentinels)
     assert {s.connection_pool.connection_class.__name__ for s in sentinels} == {"SSLConnection"}
+
+
+def test_concurrent_master_discovery_never_misses_the_live_sentinel(
+    redis_sentinel: LocalSentinel,
+) -> None:
+    # redis-py's discover_master() moves the sentinel that answered to the front of its list
+    # while other threads walk it; with the dead sentinel first, threads discovering at once
+    # (a gunicorn worker's first requests) could try the dead one twice and raise
+    # MasterNotFoundError (a 503). Each round puts the dead one first again.
+    store = RedisStore(redis_sentinel.url, prefix=_prefix())
+    sentinel = store._redis.connection_pool.sentinel_manager
+    port = lambda s: s.get_connection_kwargs()["port"]  # noqa: E731
+    dead_first = sorted(sentinel.sentinels, key=lambda s: port(s) != redis_sentinel.dead_port)
+    threads_count, rounds = 8, 40
+    barrier = threading.Barrier(threads_count, timeout=30)
+    errors: list[BaseException] = []
+
+    def discover(n: int) -> None:
+        for _ in range(rounds):
+            if n == 0:
+                sentinel.sentinels[:] = dead_first
+            barrier.wait()
+            try:
+                assert sentinel.discover_master(MASTER_NAME)[1] == redis_sentinel.master.port
+            except BaseException as exc:
+                errors.append(exc)
+            barrier.wait()
+
+    threads = [threading.Thread(target=discover, args=(n,)) for n in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    store.close()
+    assert errors == []

@@ -21,6 +21,7 @@ project parses these two itself.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..errors import ConfigurationError
 
@@ -86,9 +88,23 @@ def _cluster(url: str, options: dict[str, Any]) -> Connect:
     return lambda **more: RedisCluster.from_url(url, **{**defaults, **more})
 
 
-def _sentinel(url: str, tls: bool, options: dict[str, Any]) -> Connect:
-    from redis.sentinel import Sentinel
+class _Sentinel(Sentinel):
+    """One master discovery at a time per process. redis-py runs ``discover_master`` on
+    every new master connection, without a lock, and it moves the sentinel that answered
+    to the front of ``self.sentinels`` while other threads walk that list; a thread can then
+    try the same dead sentinel twice, never reach the live one and raise
+    MasterNotFoundError (seen under a gunicorn load with one sentinel of two down)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._discovering = threading.Lock()
+
+    def discover_master(self, service_name: str) -> Any:
+        with self._discovering:
+            return super().discover_master(service_name)
+
+
+def _sentinel(url: str, tls: bool, options: dict[str, Any]) -> Connect:
     parts = urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]
     path = [unquote(p) for p in parts.path.split("/") if p]
@@ -125,7 +141,7 @@ def _sentinel(url: str, tls: bool, options: dict[str, Any]) -> Connect:
         sentinel_options["password"] = query["sentinel_password"]
     if query.get("sentinel_ssl", "0").lower() in ("1", "true", "yes"):
         sentinel_options["ssl"] = True
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options)
+    sentinel = _Sentinel(sentinels, sentinel_kwargs=sentinel_options)
     return lambda **more: sentinel.master_for(name, **{**master, **more})
 
 
