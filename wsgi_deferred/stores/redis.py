@@ -338,10 +338,17 @@ class RedisStore(Store):
         found = self._run("open", task_id)
         if not found:  # not done, or its body expired or was deleted
             return None
-        count, first = found
+        count, first, *legacy = found
+        key = self._key("body", task_id)
+        if legacy:  # stored by an earlier version: its body key carries the upload token
+            key = f"{key}:{legacy[0].decode()}"
+            with _unavailable():
+                first = self._redis.lindex(key, 0) if count else b""
+            if first is None:
+                return None
         if count <= 1:
             return io.BytesIO(first)
-        raw = _ChunkReader(self._redis, self._key("body", task_id), count, first)
+        raw = _ChunkReader(self._redis, key, count, first)
         return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:

@@ -79,11 +79,14 @@ local function unfinished(state) return state == 'queued' or state == 'running' 
 
 _SCRIPTS = {
     "read": "if not live() then return false end return redis.call('HGETALL', task)",
-    # Returns {chunk count, first chunk} of a done task's body, or false.
+    # Returns {chunk count, first chunk} of a done task's body, or false; {chunk count, '',
+    # upload token} for a body stored by an earlier version (key `body:{ID}:<token>`,
+    # which the caller reads itself: this script may touch only the keys it was given).
     "open": """
 if live() ~= 'done' then return false end
 local f = redis.call('HMGET', task, 'chunks', 'body')
 if not f[2] then return false end
+if f[2] ~= '1' then return {tonumber(f[1]), '', f[2]} end
 if f[1] == '0' then return {0, ''} end
 local first = redis.call('LINDEX', body, 0)
 return first and {tonumber(f[1]), first}""",
