@@ -49,23 +49,20 @@ import contextlib
 import io
 import json
 import secrets
-import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 import redis
-from redis.exceptions import NoScriptError
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
-from .redis_connect import connector
-from .redis_lua import SCRIPTS
+from .redis_calls import INDEX_SHARDS, MIN_BLOCK, RedisCalls
+from .redis_calls import unavailable as _unavailable
 
-__all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
+__all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "INDEX_SHARDS", "RedisStore"]
 
 DEFAULT_PREFIX = "wsgi_deferred:"
 #: Bytes per body chunk (one Redis list element). Not 512 KiB: Redis adds a few bytes of
@@ -75,22 +72,12 @@ CHUNK_SIZE = 512 * 1024 - 64
 #: Seconds to connect / to wait for a reply; short, so a dead Redis fails fast (503).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
-#: Seconds a pooled connection may sit idle before it is PINGed on checkout.
-HEALTH_CHECK_INTERVAL = 10
-#: Longest single BLMOVE inside wait(), in seconds: bounds how long a silently dropped
-#: connection (no FIN from a vanished host) can go unnoticed during a long poll.
-BLOCK_SLICE = 5.0
-#: Shortest BLMOVE, in seconds (0 would mean "block forever").
-MIN_BLOCK = 0.01
 #: TTL of a record that has no lease at all, so that nothing leaks forever.
 UNLEASED_TTL = 24 * 3600.0
 #: Index entries per purge step (one ZRANGEBYSCORE; one script each), and steps per shard
 #: per purge() call: bounded work per command, and per call.
 PURGE_BATCH = 500
 PURGE_ROUNDS = 1000
-#: Sorted sets the purge index is spread over: on a cluster they land on different slots
-#: (and nodes), so no single key takes every task's write.
-INDEX_SHARDS = 16
 #: Index entries due more than this many seconds ago are trimmed on create, so the index
 #: stays bounded even if purge() is never called (Redis TTLs removed their records).
 INDEX_GRACE = 60.0
@@ -103,21 +90,20 @@ _TEXTS = ("message", "owner", "label", "status")
 #   in one slot. A key for many tasks (index, secret, counters) never has a task's tag.
 # * A Lua script gets EVERY key it touches in KEYS (no key built inside the script), and all
 #   of one script's keys share one slot: in practice, the keys of one task (`_keys()`).
-#   redis-py's RedisCluster routes EVALSHA by its first key and the server refuses keys of
-#   other slots (CROSSSLOT).
+#   redis-py's RedisCluster routes EVALSHA by its keys (refusing keys of several slots), and
+#   the server refuses a key of another slot (CROSSSLOT).
 # * Keys that span tasks are updated by plain commands beside the scripts (`before=` of
-#   `_run`), so they may lag a script by a crash: make them hints that a later per-task
-#   script checks (the index holds lower bounds that purge() re-checks), never the truth.
+#   `RedisCalls._run`, redis_calls.py), so they may lag a script by a crash: make them
+#   hints that a later per-task script checks (the index holds lower bounds that purge()
+#   re-checks), never the truth.
 #   Spread hot ones over several hash tags (`index:{N}`), never KEYS: SCAN or sharded sets.
 # * Blocking commands: on one key, with a finite timeout, in a loop (`wait()`); on the
 #   long-poll client (`_blocking()`), whose socket timeout outlasts the block.
 # * EVALSHA cannot be pipelined on a cluster (redis-py refuses it): see `_run`, `renew`.
 # ------------------------------------------------------------------------------------------
 
-Before = Callable[[Any], object]
 
-
-class RedisStore(Store):
+class RedisStore(RedisCalls, Store):
     """Tasks in Redis, shared by every process and host that uses the same *prefix*."""
 
     shared = True
@@ -135,101 +121,14 @@ class RedisStore(Store):
         if chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
         self.prefix, self.chunk_size = prefix, chunk_size
-        self.socket_timeout = socket_timeout
-        self._owns_client = isinstance(client_or_url, str)
-        self._connect: Callable[..., Any] | None = None
-        self._long_poll: Any = None
-        self._lock = threading.Lock()
-        if isinstance(client_or_url, str):
-            options: dict[str, object] = {
-                "socket_timeout": socket_timeout,
-                "socket_connect_timeout": connect_timeout,
-                "health_check_interval": HEALTH_CHECK_INTERVAL,
-                **client_options,
-            }
-            self._connect, self._cluster = connector(client_or_url, **options)
-            self._redis: Any = self._connect()
-            self._block_slice = BLOCK_SLICE
-        else:
-            self._redis = self._long_poll = client_or_url
-            self._cluster = isinstance(client_or_url, redis.RedisCluster)
-            # Its own socket timeout bounds every read: block for less, leaving the reply
-            # time to arrive (None: no timeout at all).
-            timeout = client_or_url.get_connection_kwargs().get("socket_timeout")
-            slice_ = BLOCK_SLICE if timeout is None else timeout - min(timeout / 2, 1.0)
-            self._block_slice = max(MIN_BLOCK, min(BLOCK_SLICE, slice_))
-        if self._redis.get_encoder().decode_responses:
-            raise ConfigurationError("RedisStore needs a client with decode_responses=False")
-        self._scripts = {name: self._redis.register_script(text) for name, text in SCRIPTS.items()}
+        self._open(client_or_url, socket_timeout, connect_timeout, client_options)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> RedisStore:
         """The store for a Redis *url* (any scheme in :data:`.redis_connect.SCHEMES`)."""
         return cls(url, **options)  # type: ignore[arg-type]
 
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _key(self, kind: str, task_id: str) -> str:
-        return f"{self.prefix}{kind}:{{{task_id}}}"
-
-    def _keys(self, task_id: str) -> list[str]:
-        """KEYS[1..3] of every per-task script: one task's keys, one hash slot."""
-        return [self._key("task", task_id), self._key("done", task_id), self._key("body", task_id)]
-
-    def _shard(self, number: int) -> str:
-        return f"{self.prefix}index:{{{number}}}"
-
-    def _index(self, task_id: str) -> str:
-        return self._shard(zlib.crc32(task_id.encode()) % INDEX_SHARDS)
-
-    def _run(
-        self,
-        name: str,
-        task_id: str,
-        *args: object,
-        before: Before | None = None,
-        keys: Iterable[str] = (),
-        now: float | None = None,
-    ) -> Any:
-        """Run script *name* on one task; *before* queues index commands on a pipeline,
-        sent with the script in one round trip (two on a cluster), ahead of it: the index
-        may name a task that is not (yet) there, never miss one that is."""
-        call = self._scripts[name]
-        argv = [repr(time.time() if now is None else now), *args]
-        all_keys = [*self._keys(task_id), *keys]
-        with _unavailable():
-            if before is None:
-                return call(all_keys, argv)
-            pipe = self._redis.pipeline(transaction=False)
-            before(pipe)
-            if self._cluster:
-                pipe.execute()
-                return call(all_keys, argv)
-            return self._execute(pipe, [self._queue(pipe, name, all_keys, argv)])[-1]
-
-    def _queue(self, pipe: Any, name: str, keys: list[str], argv: list[Any]) -> Any:
-        """Queue script *name* on *pipe* as a bare EVALSHA; returns what `_execute` needs.
-        (Not ``Script(..., client=pipe)``: that costs a SCRIPT EXISTS round trip per call.)"""
-        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *argv)
-        return name, keys, argv
-
-    def _execute(self, pipe: Any, calls: list[Any]) -> list[Any]:
-        """Send *pipe*, whose last commands are *calls* (`_queue`); their results. A script
-        the server does not know (restarted, flushed) did not run: load it and run it."""
-        results = pipe.execute(raise_on_error=False)
-        out = results[len(results) - len(calls) :]
-        for n, (name, keys, argv) in enumerate(calls):
-            if isinstance(out[n], NoScriptError):
-                out[n] = self._scripts[name](keys, argv)  # loads it, then runs it
-        for result in (*results[: len(results) - len(calls)], *out):
-            if isinstance(result, Exception):
-                raise result
-        return out
-
-    def _lower(self, task_id: str, at: float) -> Before:
-        """Lower the task's index entry to *at* if it is later (scores stay lower bounds)."""
-        key = self._index(task_id)
-        return lambda pipe: pipe.zadd(key, {task_id: at}, xx=True, lt=True)
+    # -- plumbing (keys, scripts and clients: redis_calls.RedisCalls) ----------------------
 
     def _read(self, task_id: str) -> dict[str, bytes] | None:
         flat: list[bytes] | None = self._run("read", task_id)
@@ -370,25 +269,6 @@ class RedisStore(Store):
                     record = _decode(task_id, _fields([v.encode() for v in json.loads(token)]))
                     return None if record.expires and record.expires < time.time() else record
 
-    def _blmove_token(self, task_id: str, seconds: float) -> bytes | None:
-        """Block until the task's wake-up token exists (or *seconds* pass), leaving it there;
-        return it (None at the timeout). A server that dies closes the socket, so the read
-        fails at once rather than at the socket timeout."""
-        key = self._key("done", task_id)
-        with _unavailable():
-            client = self._blocking()
-            return client.blmove(key, key, round(seconds, 3), "RIGHT", "LEFT")  # type: ignore[no-any-return]
-
-    def _blocking(self) -> Any:
-        """The long-poll client: made on first use, with a socket timeout that outlasts
-        the longest block (so a long poll never trips the short one of other calls)."""
-        if self._long_poll is None:
-            with self._lock:
-                if self._long_poll is None and self._connect is not None:
-                    timeout = BLOCK_SLICE + self.socket_timeout
-                    self._long_poll = self._connect(socket_timeout=timeout)
-        return self._long_poll
-
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
@@ -439,12 +319,7 @@ class RedisStore(Store):
         return bytes(value)
 
     def close(self) -> None:
-        if self._owns_client:  # a client handed in belongs to whoever made it
-            self._redis.close()
-            with self._lock:
-                long_poll, self._long_poll = self._long_poll, None
-            if long_poll is not None:
-                long_poll.close()
+        self._close_clients()
 
 
 class _ChunkReader(io.RawIOBase):
@@ -469,15 +344,6 @@ class _ChunkReader(io.RawIOBase):
         n = min(len(buffer), len(self._view))
         buffer[:n], self._view = self._view[:n], self._view[n:]
         return n
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Turn every redis-py error into the one exception the middleware knows (503)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
 
 
 def _optional(value: object) -> tuple[str, str]:
