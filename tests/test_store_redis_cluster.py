@@ -10,13 +10,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from redis_cluster import MASTER_NAME, LocalCluster, LocalSentinel
 from store_contract import HOUR, StoreContract, body_of, new_record, read_all
+from test_store_redis import each_method
 
 from wsgi_deferred import config
-from wsgi_deferred.errors import ConfigurationError
+from wsgi_deferred.errors import ConfigurationError, StoreUnavailable
 from wsgi_deferred.stores import REDIS_SCHEMES, open_store
 from wsgi_deferred.stores.base import STALE_RETENTION
 from wsgi_deferred.task import TaskRecord, TaskState, new_task_id
@@ -278,3 +280,27 @@ def test_concurrent_master_discovery_never_misses_the_live_sentinel(
         thread.join(60)
     store.close()
     assert errors == []
+
+
+# -- a cluster that dies -------------------------------------------------------------------
+
+
+def test_dead_cluster_fails_fast_with_store_unavailable(tmp_path: Path) -> None:
+    """Every method: StoreUnavailable (a 503) within seconds, never a redis-py exception
+    (RedisClusterException is not a RedisError) and never a hang. A private cluster."""
+    cluster = LocalCluster(tmp_path)
+    try:
+        cluster.start()
+        store = RedisStore(cluster.url, prefix="t:")
+        record = running(store)
+        store.secret()
+        store.wait(record.id, 0.01)  # the long-poll client exists too
+        cluster.stop()
+        for name, call in each_method(store, record.id).items():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                call()
+            assert time.monotonic() - started < 3, name
+        store.close()
+    finally:
+        cluster.stop()

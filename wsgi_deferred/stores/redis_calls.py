@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from ..errors import ConfigurationError, StoreUnavailable
 from .redis_connect import connector
@@ -169,8 +169,9 @@ class RedisCalls:
 
 @contextlib.contextmanager
 def unavailable() -> Iterator[None]:
-    """Turn every redis-py error into the one exception the middleware knows (503)."""
+    """Turn every redis-py error into the one exception the middleware knows (503).
+    RedisClusterException ("cannot be connected", slot not covered) is not a RedisError."""
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
