@@ -51,7 +51,10 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-_STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
+_STORE_SCHEMES = (
+    *("memory", "sqlite", "redis", "rediss", "unix"),
+    *("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"),
+)
 
 
 # -- value parsers: text -> value, ValueError with a short reason on bad input ---------------
@@ -134,7 +137,8 @@ def _store(text: str) -> str:
     scheme, sep, _ = text.partition("://")
     if not sep or scheme.lower() not in _STORE_SCHEMES:
         raise ValueError(
-            "expected a store URL: memory://, sqlite:///path/to.db or redis://host:6379/0"
+            "expected a store URL: memory://, sqlite:///path/to.db, redis://host:6379/0, "
+            "redis+cluster://node:6379/0 or redis+sentinel://host:26379/MASTER_NAME/0"
         )
     return text
 

@@ -1,8 +1,9 @@
 """Task stores, and :func:`open_store` to pick one from a URL.
 
-``memory://``, ``sqlite:///path/to.db`` and ``redis://host:6379/0`` (also ``rediss://`` and
-``unix://``). Backends are imported only when used, so ``redis`` is never imported unless a
-Redis store is asked for.
+``memory://``, ``sqlite:///path/to.db`` and ``redis://host:6379/0`` (also ``rediss://``,
+``unix://``, ``redis+cluster://node:6379/0`` and ``redis+sentinel://host:26379/MASTER/0``).
+Backends are imported only when used, so ``redis`` is never imported unless a Redis store
+is asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import tempfile
 from ..errors import ConfigurationError
 from .base import Store
 
-__all__ = ["Store", "default_store_url", "open_store"]
+__all__ = ["REDIS_SCHEMES", "Store", "default_store_url", "open_store"]
+
+#: URL schemes of the Redis store (standalone, Cluster, Sentinel; see stores/redis_connect.py).
+REDIS_SCHEMES = (
+    *("redis", "rediss", "unix"),
+    *("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"),
+)
 
 
 def default_store_url(multiprocess: bool) -> str:
@@ -58,7 +65,7 @@ def open_store(url: str | Store) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in REDIS_SCHEMES:
         from .redis import RedisStore
 
         return RedisStore.from_url(url)

@@ -1,4 +1,6 @@
-"""The Redis store: ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``).
+"""The Redis store: ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``), Redis
+Cluster (``redis+cluster://node:6379/0``) and Sentinel
+(``redis+sentinel://s1:26379,s2:26379/MASTER_NAME/0``); see :mod:`.redis_connect`.
 
 For several hosts behind a load balancer: any host's status URL serves any host's task.
 State changes are Lua scripts (atomic on the server), expiry is Redis TTLs, and long
@@ -12,27 +14,33 @@ Usage::
     store = RedisStore("redis://redis.internal:6379/0", prefix="myapp:deferred:")
     app = DeferredMiddleware(app, routes=["POST /render/<id>"], store=store)
 
-Key layout (``P`` is the prefix, ``ID`` the task id; ``{ID}`` is a hash tag)::
+Key layout (``P`` is the prefix, ``ID`` the task id; ``{...}`` is a hash tag)::
 
-    P task:{ID}           hash: one field per TaskRecord field (absent = None), plus
-                          ``body`` (upload token) and ``chunks`` (body chunk count)
-    P body:{ID}:<token>   list: the body in ``chunk_size`` pieces; one token per finish attempt
-    P done:{ID}           list holding one token, pushed when the task ends or vanishes: the
-                          record as a JSON array of field/value pairs, or "" once it is gone
-    P index               sorted set: id -> when purge() may remove it (same time as its TTL)
-    P secret              the shared key behind ``bind`` hashes
+    P task:{ID}             hash: one field per TaskRecord field (absent = None), plus
+                            ``body`` (set once a body is stored), ``chunks`` (its chunk
+                            count) and ``purge_at`` (when purge() may remove the task)
+    P body:{ID}             list: the body in ``chunk_size`` pieces
+    P upload:{ID}:<token>   list: chunks of one finish attempt, renamed to ``body`` by the
+                            finish that wins (deleted by one that loses, or by its TTL)
+    P done:{ID}             list holding one token, pushed when the task ends or vanishes: the
+                            record as a JSON array of field/value pairs, or "" once it is gone
+    P index:{N}             sorted set, N = crc32(ID) % INDEX_SHARDS: id -> a lower bound of
+                            its ``purge_at``, so purge() finds what is due
+    P secret                the shared key behind ``bind`` hashes
 
 Long polls: every end transition (and every deletion) leaves one token in ``done:{ID}``;
 waiters ``BLMOVE`` that list onto itself, a rotation that never consumes the token, so every
 waiter on every host wakes at once (Redis serves its blocked clients one after another), and
-the token it hands them is the record itself, so waking costs no further read.
+the token it hands them is the record itself, so waking costs no further read. The BLMOVE
+runs on a second client whose socket timeout outlasts the block (public redis-py API; a
+client handed in is used with blocks shorter than its own socket timeout instead).
 
-Round trips: one script per call; ``finish`` of a body of at most one chunk carries it in
-the script (else: a state check, one per chunk, the script); ``open_body`` returns the first
-chunk with the state check, so a one-chunk body is served in one round trip too.
+Round trips (standalone, Sentinel): one per call; ``finish`` of a body of at most one chunk
+carries it in the script (else: a state check, one per chunk, the script); ``open_body``
+returns the first chunk with the state check. On Redis Cluster, calls that also move an
+index entry take two (redis-py does not pipeline EVALSHA on a cluster).
 
-Needs Redis >= 6.2 (BLMOVE), redis-py >= 5.3 (per-call read timeouts), and standalone Redis
-or one primary: the scripts touch keys they compute, which Redis Cluster does not allow.
+Needs Redis >= 6.2 (BLMOVE, ZADD GT/LT) and redis-py >= 5.3.
 """
 
 from __future__ import annotations
@@ -42,20 +50,19 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
-from .redis_lua import PURGE_SCRIPT, SCRIPTS
+from .redis_calls import INDEX_SHARDS, MIN_BLOCK, RedisCalls
+from .redis_calls import unavailable as _unavailable
 
-__all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
+__all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "INDEX_SHARDS", "RedisStore"]
 
 DEFAULT_PREFIX = "wsgi_deferred:"
 #: Bytes per body chunk (one Redis list element). Not 512 KiB: Redis adds a few bytes of
@@ -65,27 +72,45 @@ CHUNK_SIZE = 512 * 1024 - 64
 #: Seconds to connect / to wait for a reply; short, so a dead Redis fails fast (503).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
-#: Seconds a pooled connection may sit idle before it is PINGed on checkout.
-HEALTH_CHECK_INTERVAL = 10
-#: Longest single BLMOVE inside wait(), in seconds: bounds how long a silently dropped
-#: connection (no FIN from a vanished host) can go unnoticed during a long poll.
-BLOCK_SLICE = 5.0
 #: TTL of a record that has no lease at all, so that nothing leaks forever.
 UNLEASED_TTL = 24 * 3600.0
+#: Index entries per purge step (one ZRANGEBYSCORE; one script each), and steps per shard
+#: per purge() call: bounded work per command, and per call.
 PURGE_BATCH = 500
+PURGE_ROUNDS = 1000
+#: Index entries due more than this many seconds ago are trimmed on create, so the index
+#: stays bounded even if purge() is never called (Redis TTLs removed their records).
+INDEX_GRACE = 60.0
 
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
 
+# ---- Key rules (Redis Cluster; read before adding keys or scripts) ------------------------
+# * A task's keys are `<prefix><kind>:{<id>}[:more]`: the `{<id>}` hash tag puts all of them
+#   in one slot. A key for many tasks (index, secret, counters) never has a task's tag.
+# * A Lua script gets EVERY key it touches in KEYS (no key built inside the script), and all
+#   of one script's keys share one slot: in practice, the keys of one task (`_keys()`).
+#   redis-py's RedisCluster routes EVALSHA by its keys (refusing keys of several slots), and
+#   the server refuses a key of another slot (CROSSSLOT).
+# * Keys that span tasks are updated by plain commands beside the scripts (`before=` of
+#   `RedisCalls._run`, redis_calls.py), so they may lag a script by a crash: make them
+#   hints that a later per-task script checks (the index holds lower bounds that purge()
+#   re-checks), never the truth.
+#   Spread hot ones over several hash tags (`index:{N}`), never KEYS: SCAN or sharded sets.
+# * Blocking commands: on one key, with a finite timeout, in a loop (`wait()`); on the
+#   long-poll client (`_blocking()`), whose socket timeout outlasts the block.
+# * EVALSHA cannot be pipelined on a cluster (redis-py refuses it): see `_run`, `renew`.
+# ------------------------------------------------------------------------------------------
 
-class RedisStore(Store):
+
+class RedisStore(RedisCalls, Store):
     """Tasks in Redis, shared by every process and host that uses the same *prefix*."""
 
     shared = True
 
     def __init__(
         self,
-        client_or_url: redis.Redis | str,
+        client_or_url: redis.Redis | redis.RedisCluster | str,
         *,
         prefix: str = DEFAULT_PREFIX,
         socket_timeout: float = SOCKET_TIMEOUT,
@@ -96,46 +121,17 @@ class RedisStore(Store):
         if chunk_size <= 0:
             raise ConfigurationError("chunk_size must be positive")
         self.prefix, self.chunk_size = prefix, chunk_size
-        self.socket_timeout = socket_timeout  # also the margin a long poll's reply gets
-        self._owns_client = isinstance(client_or_url, str)
-        if isinstance(client_or_url, str):
-            options: dict[str, object] = {
-                "socket_timeout": socket_timeout,
-                "socket_connect_timeout": connect_timeout,
-                "health_check_interval": HEALTH_CHECK_INTERVAL,
-                # No retries: a dead Redis must fail fast, and a blind retry of an RPUSH or
-                # a script whose reply was lost would apply it twice. The pool replaces
-                # connections the server closed by itself when it hands them out.
-                "retry": Retry(NoBackoff(), 0),
-                **client_options,
-            }
-            self._redis: redis.Redis = redis.Redis.from_url(client_or_url, **options)
-        else:
-            self._redis = client_or_url
-        if self._redis.connection_pool.get_encoder().decode_responses:
-            raise ConfigurationError("RedisStore needs a client with decode_responses=False")
-        register = self._redis.register_script
-        self._scripts = {name: register(text) for name, text in SCRIPTS.items()}
-        self._purge = register(PURGE_SCRIPT)
+        self._open(client_or_url, socket_timeout, connect_timeout, client_options)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> RedisStore:
-        """The store for a ``redis://``, ``rediss://`` or ``unix://`` *url*."""
+        """The store for a Redis *url* (any scheme in :data:`.redis_connect.SCHEMES`)."""
         return cls(url, **options)  # type: ignore[arg-type]
 
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _key(self, kind: str, task_id: str) -> str:
-        return f"{self.prefix}{kind}:{{{task_id}}}"
-
-    def _run(self, name: str, task_id: str, *args: object, pipe: object = None) -> object:
-        keys = [self._key("task", task_id), self._key("done", task_id), self.prefix + "index"]
-        head = [repr(time.time()), task_id, self._key("body", task_id) + ":"]
-        with _unavailable():
-            return self._scripts[name](keys, [*head, *args], client=pipe)  # type: ignore[arg-type]
+    # -- plumbing (keys, scripts and clients: redis_calls.RedisCalls) ----------------------
 
     def _read(self, task_id: str) -> dict[str, bytes] | None:
-        flat: list[bytes] | None = self._run("read", task_id)  # type: ignore[assignment]
+        flat: list[bytes] | None = self._run("read", task_id)
         return _fields(flat) if flat else None
 
     # -- creating and running --------------------------------------------------------------
@@ -148,21 +144,36 @@ class RedisStore(Store):
         if record.expires is not None:
             deadline = min(deadline, record.expires)
         fields = [item for pair in _encode(record).items() for item in pair]
-        if not self._run("create", record.id, repr(deadline), *fields):
+        index = self._index(record.id)
+
+        def before(pipe: Any) -> None:
+            pipe.zadd(index, {record.id: deadline}, lt=True)
+            pipe.zremrangebyscore(index, "-inf", time.time() - INDEX_GRACE)
+
+        if not self._run("create", record.id, repr(deadline), *fields, before=before):
             raise ValueError(f"task {record.id} already exists")
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        return bool(self._run("claim", task_id, repr(float(lease_expires))))
+        lease = float(lease_expires)
+        before = self._lower(task_id, lease + STALE_RETENTION)
+        return bool(self._run("claim", task_id, repr(lease), before=before))
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return set()
-        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
-        for task_id in ids:
-            self._run("renew", task_id, repr(float(lease_expires)), pipe=pipe)
+        lease, until = repr(float(lease_expires)), float(lease_expires) + STALE_RETENTION
         with _unavailable():
-            results = pipe.execute()
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
+            for task_id in ids:  # raise the index entries with the leases (GT: never lower)
+                pipe.zadd(self._index(task_id), {task_id: until}, xx=True, gt=True)
+            if self._cluster:  # no EVALSHA in a cluster pipeline: one script at a time
+                pipe.execute()
+                results = [self._run("renew", task_id, lease) for task_id in ids]
+            else:
+                argv = [repr(time.time()), lease]
+                calls = [self._queue(pipe, "renew", self._keys(i), argv) for i in ids]
+                results = self._execute(pipe, calls)
         return {task_id for task_id, ok in zip(ids, results, strict=True) if ok}
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
@@ -179,37 +190,42 @@ class RedisStore(Store):
         expires: float,
     ) -> bool:
         try:
-            # A fresh key per attempt: chunks of a finish that loses the race (the script
-            # then deletes them) or dies halfway (the TTL does) never mix with a winner's.
-            token = secrets.token_hex(8)
+            # A fresh upload key per attempt: chunks of a finish that loses the race (the
+            # script then deletes them) or dies halfway (the TTL does) never mix with a
+            # winner's, which the script renames to the body key.
+            upload = f"{self._key('upload', task_id)}:{secrets.token_hex(8)}"
             head = (status, json.dumps([list(h) for h in headers]), body.size, repr(float(expires)))
+            before = self._lower(task_id, float(expires))
             if body.size <= self.chunk_size:  # one round trip: the script stores it
                 data = b"".join(body.iter_chunks(self.chunk_size))
-                inline = (token, 1, *head, data) if data else (token, 0, *head)
-                return bool(self._run("finish", task_id, *inline))
+                inline = (1, *head, data) if data else (0, *head)
+                return bool(self._run("finish", task_id, *inline, keys=[upload], before=before))
             current = self._read(task_id)  # early exit: don't upload a body bound to be refused
             if current is None or current["state"] not in (b"queued", b"running"):
                 return False
-            body_key = f"{self._key('body', task_id)}:{token}"
             chunks = 0
             with _unavailable():
                 for chunk in body.iter_chunks(self.chunk_size):
                     pipe = self._redis.pipeline(transaction=False)
-                    pipe.rpush(body_key, chunk)
-                    if not chunks:
-                        pipe.expire(body_key, int(STALE_RETENTION))
+                    pipe.rpush(upload, chunk)
+                    pipe.expire(upload, int(STALE_RETENTION))  # an hour after the last chunk
                     pipe.execute()
                     chunks += 1
-            return bool(self._run("finish", task_id, token, chunks, *head))
+            return bool(self._run("finish", task_id, chunks, *head, keys=[upload], before=before))
         finally:
             body.discard()
 
     def fail(self, task_id: str, state: str, message: str | None, expires: float) -> bool:
         args = (TaskState(state).value, *_optional(message), repr(float(expires)))
-        return bool(self._run("fail", task_id, *args))
+        return bool(self._run("fail", task_id, *args, before=self._lower(task_id, expires)))
 
     def cancel(self, task_id: str) -> bool:
-        return bool(self._run("cancel", task_id))
+        before = self._lower(task_id, time.time() + STALE_RETENTION)
+        result = self._run("cancel", task_id, before=before)
+        if result == 2:  # a finished task, deleted: its index entry goes too
+            with _unavailable():
+                self._redis.zrem(self._index(task_id), task_id)
+        return bool(result)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -221,10 +237,16 @@ class RedisStore(Store):
         found = self._run("open", task_id)
         if not found:  # not done, or its body expired or was deleted
             return None
-        count, token, first = found  # type: ignore[misc]
+        count, first, *legacy = found
+        key = self._key("body", task_id)
+        if legacy:  # stored by an earlier version: its body key carries the upload token
+            key = f"{key}:{legacy[0].decode()}"
+            with _unavailable():
+                first = self._redis.lindex(key, 0) if count else b""
+            if first is None:
+                return None
         if count <= 1:
             return io.BytesIO(first)
-        key = f"{self._key('body', task_id)}:{token.decode()}"
         raw = _ChunkReader(self._redis, key, count, first)
         return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
@@ -235,11 +257,11 @@ class RedisStore(Store):
             remaining = deadline - time.monotonic()
             if record is None or record.state.is_final or remaining <= 0:
                 return record
-            block = min(remaining, BLOCK_SLICE)
+            block = min(remaining, self._block_slice)
             if record.lease_expires is not None:
                 # Wake just after the lease would run out, so `lost` is reported on time.
                 block = min(block, record.lease_expires - time.time() + 0.005)
-            token = self._blmove_token(task_id, max(block, 0.01))  # 0 would mean "forever"
+            token = self._blmove_token(task_id, max(block, MIN_BLOCK))
             if token == b"":  # deleted, expired or purged
                 return None
             if token and token.startswith(b"["):  # the record as it ended: no read needed
@@ -247,35 +269,42 @@ class RedisStore(Store):
                     record = _decode(task_id, _fields([v.encode() for v in json.loads(token)]))
                     return None if record.expires and record.expires < time.time() else record
 
-    def _blmove_token(self, task_id: str, seconds: float) -> bytes | None:
-        """Block until the task's wake-up token exists (or *seconds* pass), leaving it there;
-        return it (None at the timeout).
-
-        Runs on a pooled connection with a per-call read timeout longer than the block, so
-        a long poll never trips the short socket timeout, while a server that dies closes
-        the socket and the read fails at once."""
-        key, pool = self._key("done", task_id), self._redis.connection_pool
-        with _unavailable():
-            conn = pool.get_connection()
-            try:
-                conn.send_command("BLMOVE", key, key, "RIGHT", "LEFT", round(seconds, 3))
-                return conn.read_response(timeout=seconds + self.socket_timeout)  # type: ignore[no-any-return]
-            finally:
-                pool.release(conn)
-
     # -- housekeeping ----------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        # Redis TTLs do the real work; the index finds what is due before its TTL fires
-        # (a caller asking with a later `now`).
-        args = [repr(time.time() if now is None else now), self.prefix, PURGE_BATCH]
+        # Redis TTLs do the real work; the index finds what is due before its TTL fires (a
+        # caller asking with a later `now`). Its scores are lower bounds: each due entry is
+        # checked by a per-task script, which removes the task or tells its real deadline.
+        at = time.time() if now is None else now
         removed = 0
         with _unavailable():
-            while True:
-                seen, gone = self._purge([self.prefix + "index"], args)
-                removed += int(gone)
-                if int(seen) < PURGE_BATCH:
-                    return removed
+            for shard in map(self._shard, range(INDEX_SHARDS)):
+                for _ in range(PURGE_ROUNDS):
+                    due = self._redis.zrangebyscore(shard, "-inf", f"({at!r}", 0, PURGE_BATCH)
+                    ids = [member.decode() for member in due]
+                    if not ids:
+                        break
+                    results = self._purge_each(ids, at)
+                    removed += sum(1 for result in results if result == 1)
+                    pipe = self._redis.pipeline(transaction=False)
+                    pairs = list(zip(ids, results, strict=True))
+                    forget = [i for i, result in pairs if result in (-1, 1)]
+                    if forget:
+                        pipe.zrem(shard, *forget)
+                    later = {i: float(result) for i, result in pairs if isinstance(result, bytes)}
+                    if later:  # not due after all: its entry moves to its real deadline
+                        pipe.zadd(shard, later, xx=True)
+                    pipe.execute()
+                    if len(ids) < PURGE_BATCH:
+                        break
+        return removed
+
+    def _purge_each(self, ids: list[str], at: float) -> list[Any]:
+        if self._cluster:  # no EVALSHA in a cluster pipeline: one script at a time
+            return [self._run("purge", task_id, now=at) for task_id in ids]
+        pipe = self._redis.pipeline(transaction=False)
+        calls = [self._queue(pipe, "purge", self._keys(i), [repr(at)]) for i in ids]
+        return self._execute(pipe, calls)
 
     def secret(self) -> bytes:
         # Not cached: should Redis lose its data, every host must move to the same new key.
@@ -287,11 +316,10 @@ class RedisStore(Store):
                 value = self._redis.get(key)
         if not value:
             raise StoreUnavailable("the Redis store lost its shared secret while creating it")
-        return bytes(value)  # type: ignore[arg-type]
+        return bytes(value)
 
     def close(self) -> None:
-        if self._owns_client:  # a client handed in belongs to whoever made it
-            self._redis.close()
+        self._close_clients()
 
 
 class _ChunkReader(io.RawIOBase):
@@ -316,15 +344,6 @@ class _ChunkReader(io.RawIOBase):
         n = min(len(buffer), len(self._view))
         buffer[:n], self._view = self._view[:n], self._view[n:]
         return n
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Turn every redis-py error into the one exception the middleware knows (503)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
 
 
 def _optional(value: object) -> tuple[str, str]:

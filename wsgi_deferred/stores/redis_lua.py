@@ -4,6 +4,12 @@ Every state change of a task is one script, so it is atomic across processes and
 claimers get one winner, a cancel racing a finish leaves either a result or nothing. Each
 per-task script starts with a shared prelude that applies the store rules first (an expired
 record is dropped, an unfinished one whose lease ran out becomes ``lost``).
+
+Redis Cluster rules (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/):
+a script receives every key it touches in KEYS, and all of them share one hash slot. So
+every script here touches the keys of ONE task only, all named ``<prefix><kind>:{<id>}``,
+and the caller passes them (``RedisStore._keys``); nothing cross-task (the purge index, the
+shared secret) is ever touched inside a script.
 """
 
 from __future__ import annotations
@@ -12,51 +18,41 @@ import json
 
 from .base import STALE_RETENTION
 
-__all__ = ["INDEX_GRACE", "LOST_MESSAGE", "NOTIFY_TTL", "PURGE_SCRIPT", "SCRIPTS"]
+__all__ = ["LOST_MESSAGE", "NOTIFY_TTL", "SCRIPTS"]
 
 #: Seconds the wake-up token of an ended task lives; it only has to outlive the short gap
 #: between a waiter's read and its BLMOVE.
 NOTIFY_TTL = 60.0
-#: Purge index entries whose keys Redis expired more than this many seconds ago are trimmed
-#: on create, so the index stays bounded even if purge() is never called.
-INDEX_GRACE = 60.0
 LOST_MESSAGE = "the process running this task stopped renewing its lease"
 
 # Constants every script sees (Lua has no access to Python's).
 _CONSTANTS = (
     f"local STALE, NOTIFY_MS = {STALE_RETENTION!r}, {int(NOTIFY_TTL * 1000)}\n"
-    f"local GRACE, LOST = {INDEX_GRACE!r}, {json.dumps(LOST_MESSAGE)}\n"
+    f"local LOST = {json.dumps(LOST_MESSAGE)}\n"
 )
 
-# Shared head of every per-task script. KEYS: task, done, index; ARGV: now, id, body base.
-# live() applies the store rules before any transition: an expired record is dropped, an
-# unfinished one whose lease ran out becomes `lost` (persisted, so every host agrees).
+# Shared head of every per-task script. KEYS: task, done, body (all one task's, one slot);
+# ARGV[1]: now. live() applies the store rules before any transition: an expired record is
+# dropped, an unfinished one whose lease ran out becomes `lost` (persisted, so every host
+# agrees).
 _PRELUDE = """
-local task, done, index = KEYS[1], KEYS[2], KEYS[3]
-local now, id, body_base = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local task, done, body = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[1])
 local function notify()  -- one token that waiters rotate with BLMOVE: the record, or ''
   local rec = redis.call('HGETALL', task)
   redis.call('DEL', done)
   redis.call('RPUSH', done, #rec > 0 and cjson.encode(rec) or '')
   redis.call('PEXPIRE', done, NOTIFY_MS)
 end
-local function body_key()
-  local token = redis.call('HGET', task, 'body')
-  return token and (body_base .. token)
-end
 local function drop()
-  local body = body_key()
-  if body then redis.call('UNLINK', body) end
-  redis.call('UNLINK', task)
-  redis.call('ZREM', index, id)
+  redis.call('UNLINK', body, task)
   notify()
 end
-local function keep_until(at)  -- record, body and purge index all end at `at`
+local function keep_until(at)  -- record and body end at `at`; purge() reads `purge_at`
   local ms = math.floor(at * 1000)
+  redis.call('HSET', task, 'purge_at', string.format('%.17g', at))
   redis.call('PEXPIREAT', task, ms)
-  local body = body_key()
-  if body then redis.call('PEXPIREAT', body, ms) end
-  redis.call('ZADD', index, at, id)
+  redis.call('PEXPIREAT', body, ms)
 end
 local function leased_until(lease)
   local at = lease + STALE
@@ -71,7 +67,7 @@ local function live()
   if f[3] and tonumber(f[3]) < now then drop() return false end
   if (state == 'queued' or state == 'running') and f[2] and tonumber(f[2]) < now then
     redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', LOST,
-               'expires', now + STALE)
+               'expires', string.format('%.17g', now + STALE))
     keep_until(now + STALE)
     notify()
     return 'lost'
@@ -83,92 +79,91 @@ local function unfinished(state) return state == 'queued' or state == 'running' 
 
 _SCRIPTS = {
     "read": "if not live() then return false end return redis.call('HGETALL', task)",
-    # Returns {chunk count, upload token, first chunk} of a done task's body, or false.
+    # Returns {chunk count, first chunk} of a done task's body, or false; {chunk count, '',
+    # upload token} for a body stored by an earlier version (key `body:{ID}:<token>`,
+    # which the caller reads itself: this script may touch only the keys it was given).
     "open": """
 if live() ~= 'done' then return false end
 local f = redis.call('HMGET', task, 'chunks', 'body')
 if not f[2] then return false end
-if f[1] == '0' then return {0, f[2], ''} end
-local first = redis.call('LINDEX', body_base .. f[2], 0)
-return first and {tonumber(f[1]), f[2], first}""",
-    # ARGV[4]: purge deadline; ARGV[5..]: field/value pairs.
+if f[2] ~= '1' then return {tonumber(f[1]), '', f[2]} end
+if f[1] == '0' then return {0, ''} end
+local first = redis.call('LINDEX', body, 0)
+return first and {tonumber(f[1]), first}""",
+    # ARGV[2]: purge deadline; ARGV[3..]: field/value pairs.
     "create": """
 if redis.call('EXISTS', task) == 1 then return 0 end
-redis.call('HSET', task, unpack(ARGV, 5))
-keep_until(tonumber(ARGV[4]))
-redis.call('ZREMRANGEBYSCORE', index, '-inf', now - GRACE)
+redis.call('HSET', task, unpack(ARGV, 3))
+keep_until(tonumber(ARGV[2]))
 return 1""",
     "claim": """
 if live() ~= 'queued' then return 0 end
-redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[4])
-leased_until(tonumber(ARGV[4]))
+redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[2])
+leased_until(tonumber(ARGV[2]))
 return 1""",
     "renew": """
 if not unfinished(live()) then return 0 end
-redis.call('HSET', task, 'lease_expires', ARGV[4])
-leased_until(tonumber(ARGV[4]))
+redis.call('HSET', task, 'lease_expires', ARGV[2])
+leased_until(tonumber(ARGV[2]))
 return 1""",
-    # ARGV[4..7]: has progress, progress, has message, message.
+    # ARGV[2..5]: has progress, progress, has message, message.
     "progress": """
 if not unfinished(live()) then return 0 end
-if ARGV[4] == '1' then redis.call('HSET', task, 'progress', ARGV[5])
+if ARGV[2] == '1' then redis.call('HSET', task, 'progress', ARGV[3])
 else redis.call('HDEL', task, 'progress') end
-if ARGV[6] == '1' then redis.call('HSET', task, 'message', ARGV[7])
+if ARGV[4] == '1' then redis.call('HSET', task, 'message', ARGV[5])
 else redis.call('HDEL', task, 'message') end
 return 1""",
-    # ARGV[4..10]: upload token, chunk count, status, headers JSON, body size, expires, and
-    # the body itself when it is one chunk (sent inline, so nothing was uploaded before).
+    # KEYS[4]: this attempt's upload list (chunks sent before the script; renamed to the
+    # body when this attempt wins, deleted when it loses). ARGV[2..7]: chunk count, status,
+    # headers JSON, body size, expires, and the body itself when it is one chunk (inline).
     "finish": """
-if not unfinished(live()) then
-  redis.call('UNLINK', body_base .. ARGV[4])  -- lost the race: its uploaded chunks go too
+local upload = KEYS[4]
+if not unfinished(live()) or (ARGV[2] ~= '0' and not ARGV[7]
+                              and redis.call('EXISTS', upload) == 0) then
+  redis.call('UNLINK', upload)  -- lost the race (or the upload expired): its chunks go too
   return 0
 end
-redis.call('HSET', task, 'state', 'done', 'finished', ARGV[1], 'body', ARGV[4],
-           'chunks', ARGV[5], 'status', ARGV[6], 'headers', ARGV[7], 'body_size', ARGV[8],
-           'expires', ARGV[9])
-if ARGV[10] then redis.call('RPUSH', body_base .. ARGV[4], ARGV[10]) end
-keep_until(tonumber(ARGV[9]))
+redis.call('UNLINK', body)
+if ARGV[7] then redis.call('RPUSH', body, ARGV[7])
+elseif ARGV[2] ~= '0' then redis.call('RENAME', upload, body) end
+redis.call('HSET', task, 'state', 'done', 'finished', ARGV[1], 'body', '1',
+           'chunks', ARGV[2], 'status', ARGV[3], 'headers', ARGV[4], 'body_size', ARGV[5],
+           'expires', ARGV[6])
+keep_until(tonumber(ARGV[6]))
 notify()
 return 1""",
-    # ARGV[4..7]: end state, has message, message, expires.
+    # ARGV[2..5]: end state, has message, message, expires.
     "fail": """
 if not unfinished(live()) then return 0 end
-redis.call('HSET', task, 'state', ARGV[4], 'finished', ARGV[1], 'expires', ARGV[7])
-if ARGV[5] == '1' then redis.call('HSET', task, 'message', ARGV[6])
+redis.call('HSET', task, 'state', ARGV[2], 'finished', ARGV[1], 'expires', ARGV[5])
+if ARGV[3] == '1' then redis.call('HSET', task, 'message', ARGV[4])
 else redis.call('HDEL', task, 'message') end
-keep_until(tonumber(ARGV[7]))
+keep_until(tonumber(ARGV[5]))
 notify()
 return 1""",
     "cancel": """
 local state = live()
 if not state or state == 'cancelled' then return 0 end
 if unfinished(state) then
-  redis.call('HSET', task, 'state', 'cancelled', 'finished', ARGV[1], 'expires', now + STALE)
+  redis.call('HSET', task, 'state', 'cancelled', 'finished', ARGV[1],
+             'expires', string.format('%.17g', now + STALE))
   keep_until(now + STALE)
   notify()
 else
   drop()
+  return 2  -- deleted: the caller drops its index entry too
 end
 return 1""",
+    # purge() of one task the index named: -1 when there is nothing (left) to purge, so the
+    # index entry goes; 1 when it was due and is removed; else its real deadline, which the
+    # caller writes back to the index (index scores are lower bounds, see RedisStore).
+    "purge": """
+local at = redis.call('HGET', task, 'purge_at')
+if not at then return -1 end
+if tonumber(at) < now then drop() return 1 end
+return at""",
 }
-
-# KEYS: index; ARGV: now, prefix, batch size. Returns {ids looked at, records removed}.
-_PURGE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
-local removed = 0
-for _, id in ipairs(ids) do
-  local task, done = ARGV[2] .. 'task:{' .. id .. '}', ARGV[2] .. 'done:{' .. id .. '}'
-  local token = redis.call('HGET', task, 'body')
-  if token then redis.call('UNLINK', ARGV[2] .. 'body:{' .. id .. '}:' .. token) end
-  removed = removed + redis.call('UNLINK', task)
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('DEL', done)
-  redis.call('RPUSH', done, '')
-  redis.call('PEXPIRE', done, NOTIFY_MS)
-end
-return {#ids, removed}
-"""
 
 #: Full text of each per-task script (constants + prelude + body), by name.
 SCRIPTS: dict[str, str] = {name: _CONSTANTS + _PRELUDE + body for name, body in _SCRIPTS.items()}
-PURGE_SCRIPT = _CONSTANTS + _PURGE
