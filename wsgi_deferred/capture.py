@@ -148,7 +148,11 @@ def read_body(environ: WSGIEnviron, max_body: int, spool_threshold: int) -> Spoo
     if stream is None or (length is None and not terminated):
         return body  # PEP 3333: no CONTENT_LENGTH and no terminated input means no body
     try:
-        if length is not None and not terminated:
+        if length is not None:
+            # A declared length is the client's promise, whatever wsgi.input_terminated says:
+            # gunicorn sets that flag on a Content-Length body too, and a client that dies or
+            # half-closes mid-upload then reads as a clean EOF. Fewer bytes than promised is a
+            # truncated request (RFC 9112 §8: "incomplete message"), never a task to run.
             copied = body.fill_from(stream, length)
             if copied < length:
                 raise BodyError(

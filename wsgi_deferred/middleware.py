@@ -217,6 +217,10 @@ class DeferredMiddleware:
                     exc.partial.discard()  # the open reader keeps the data (POSIX)
                     environ["wsgi.input"] = ChainedInput(head, environ["wsgi.input"])
                 return self.app(environ, start_response)
+            if exc.partial is not None:
+                # A marked route answers 413: what was read of the body is never used, and a
+                # spilled temp file would otherwise outlive the request (a disk-fill DoS).
+                exc.partial.discard()
             self.metrics.incr("rejected_body")
             body, ctype = render_message(exc.status, exc.message, html)
             return respond(start_response, exc.status, body, ctype)

@@ -1,0 +1,139 @@
+"""Secure defaults, in process: nothing is left behind on an error path, a truncated body never
+becomes a task, and request text never reaches a URL or a log line unescaped
+(docs/security.md)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import apps
+import pytest
+from apps import Harness, Router, call, make_environ, result_of
+
+from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred.buffers import SPOOL_THRESHOLD
+
+pytestmark = pytest.mark.usefixtures("no_thread_leak")
+
+
+@pytest.fixture
+def make_mw() -> Iterator[Harness]:
+    with Harness() as harness:
+        yield harness
+
+
+class Trickle(io.RawIOBase):
+    """A ``wsgi.input`` that yields *data* in small pieces and then EOF, like a socket."""
+
+    def __init__(self, data: bytes, piece: int = 65536) -> None:
+        self._data, self._piece = data, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._piece, len(self._data))
+        buffer[:n], self._data = self._data[:n], self._data[n:]
+        return n
+
+
+def _spool_files(tmpdir: Path) -> list[str]:
+    return sorted(p.name for p in tmpdir.iterdir() if not p.name.startswith("wsgi-deferred-0"))
+
+
+# -- 1. every error path frees what it took ---------------------------------------------------
+
+
+def test_too_large_chunked_body_on_a_marked_route_leaves_no_file(
+    make_mw: Harness, private_tmpdir: Path
+) -> None:
+    # Issue 8 finding 1: a chunked (wsgi.input_terminated) body over max_body got 413 but its
+    # spilled first max_body + 1 bytes stayed in $TMPDIR.
+    max_body = SPOOL_THRESHOLD + 1000
+    mw = make_mw(apps.echo_app, routes=["POST /upload"], max_body=max_body)
+    environ = make_environ("/upload", "POST")
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = Trickle(b"x" * (max_body + 500_000))
+    environ["wsgi.input_terminated"] = True
+    result = call(mw, environ)
+    assert result.code == 413
+    assert _spool_files(private_tmpdir) == []
+    assert mw.stats()["pending"] == 0
+
+
+def test_too_large_chunked_body_under_defer_after_still_reaches_the_app(
+    make_mw: Harness, private_tmpdir: Path
+) -> None:
+    # The pass-through keeps the partial read for the app, and still leaves no file.
+    max_body = SPOOL_THRESHOLD + 1000
+    mw = make_mw(apps.echo_app, defer_after=5.0, max_body=max_body)
+    data = b"y" * (max_body + 500_000)
+    environ = make_environ("/upload", "POST")
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = Trickle(data)
+    environ["wsgi.input_terminated"] = True
+    result = call(mw, environ)
+    assert result.code == 201
+    assert result.header("X-Body-Length") == str(len(data))
+    assert _spool_files(private_tmpdir) == []
+
+
+def test_rejected_requests_free_their_spooled_body(make_mw: Harness, private_tmpdir: Path) -> None:
+    # 503 (pool full) after a body was spooled to disk: the spool file goes.
+    slow = apps.SlowApp()
+    mw = make_mw(slow, routes=["POST /slow"], max_pending=1, max_pending_per_client=1)
+    first = call(mw, make_environ("/slow", "POST", data=b"a"))
+    assert first.code == 202
+    big = b"b" * (SPOOL_THRESHOLD + 10)
+    second = call(mw, make_environ("/slow", "POST", data=big, REMOTE_ADDR="10.0.0.2"))
+    assert second.code == 503
+    assert _spool_files(private_tmpdir) == []
+    slow.release.set()
+    assert result_of(mw, first).code == 200
+
+
+# -- 2. body integrity ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("terminated", [False, True])
+def test_short_body_is_400_and_no_task_whatever_input_terminated_says(
+    make_mw: Harness, terminated: bool
+) -> None:
+    # Issue 8 finding 2: Content-Length 10, 5 bytes, half-close; gunicorn sets
+    # wsgi.input_terminated and the task ran with CONTENT_LENGTH rewritten to 5.
+    recorder = apps.EnvironRecorder()
+    mw = make_mw(Router({}, default=recorder), routes=["POST /hook"])
+    environ = make_environ("/hook", "POST")
+    environ["CONTENT_LENGTH"] = "10"
+    environ["wsgi.input"] = Trickle(b"12345")
+    environ["wsgi.input_terminated"] = terminated
+    result = call(mw, environ)
+    assert result.code == 400
+    assert b"ended after 5 of 10 bytes" in result.body
+    assert mw.stats()["pending"] == 0
+    assert recorder.environs == []
+
+
+def test_replay_keeps_the_content_length_the_client_sent(make_mw: Harness) -> None:
+    recorder = apps.EnvironRecorder()
+    mw = make_mw(Router({}, default=recorder), routes=["POST /hook"])
+    environ = make_environ("/hook", "POST")
+    environ["CONTENT_LENGTH"] = "10"
+    environ["wsgi.input"] = Trickle(b"0123456789 and the next pipelined request")
+    environ["wsgi.input_terminated"] = True
+    accepted = call(mw, environ)
+    assert accepted.code == 202
+    assert result_of(mw, accepted).code == 200
+    [seen] = recorder.environs
+    assert seen["CONTENT_LENGTH"] == "10"
+    assert recorder.bodies == [b"0123456789"]
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(record.getMessage() for record in caplog.records)
+
+
+_ = logging  # used by the log tests below
