@@ -13,7 +13,6 @@ import apps
 import pytest
 from apps import Harness, Router, call, make_environ, result_of
 
-from wsgi_deferred import DeferredMiddleware
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")

@@ -332,7 +332,13 @@ class DeferredMiddleware:
             with self._store_lock:
                 if self._store is None:
                     multiprocess = bool(environ and environ.get("wsgi.multiprocess"))
-                    url = default_store_url(multiprocess)
+                    try:
+                        url = default_store_url(multiprocess)
+                    except ConfigurationError as exc:
+                        # A squatted or unsafe default directory: refuse to use it, loudly,
+                        # and answer 503 (StoreUnavailable) rather than a crash per request.
+                        logger.error("default store refused: %s", exc)
+                        raise StoreUnavailable(str(exc)) from exc
                     self._store = open_store(url)
                     logger.info("using store %s", url)
                 store = self._store

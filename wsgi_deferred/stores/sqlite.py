@@ -44,6 +44,7 @@ from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
+from .private import PRIVATE_DIR_MODE, create_private_file
 from .sqlite_db import POLL_MAX, POLL_MIN, ConnectionPerThread
 
 __all__ = ["INLINE_BODY_MAX_BYTES", "SQLiteStore"]
@@ -82,9 +83,13 @@ class SQLiteStore(Store):
         self.busy_timeout = busy_timeout
         self.bodies_dir = self.path + ".bodies"
         try:
-            os.makedirs(self.bodies_dir, exist_ok=True)  # also creates the db's parents
+            # Also creates the db's parents. Bodies are results: private (docs/security.md).
+            os.makedirs(self.bodies_dir, mode=PRIVATE_DIR_MODE, exist_ok=True)
+            # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the database's
+            # mode. An existing file keeps the mode its owner chose.
+            create_private_file(self.path)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create {self.bodies_dir}: {exc}") from exc
+            raise StoreUnavailable(f"cannot create the store at {self.path}: {exc}") from exc
         self._db = ConnectionPerThread(self.path, busy_timeout)
         self._secret: bytes | None = None
         self._generation = 0  # bumped by every final transition made through this instance
