@@ -13,6 +13,7 @@ import apps
 import pytest
 from apps import Harness, Router, call, make_environ, result_of
 
+from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
@@ -136,3 +137,62 @@ def _logged(caplog: pytest.LogCaptureFixture) -> str:
 
 
 _ = logging  # used by the log tests below
+
+
+# -- 4. anonymous requesters under bind -------------------------------------------------------
+
+
+COOKIE_CASES = [
+    ("sid=abc", "abc"),
+    ("theme=dark; sid=abc", "abc"),
+    (" sid = abc ", "abc"),
+    ("sid=a; sid=b", "a"),  # RFC 6265 §5.4: the first (most specific) wins
+    ('prefs={"theme": "dark"}; sid=victim', "victim"),  # one odd cookie hides nothing else
+    ('sid="quoted"', "quoted"),
+    ('sid="a\\"b\\054c"', 'a"b,c'),  # SimpleCookie's escapes
+    ("sid=", None),
+    ("sid=  ", None),
+    ('sid=""', None),
+    ("sid", None),
+    ("other=1", None),
+    ('sid="unterminated; \x00', None),
+    ('sid="unterminated', None),
+    ("sid=a\x00b", None),
+    ("sidx=1; xsid=2", None),
+    ('sid="bad; sid=good', "good"),
+]
+
+
+@pytest.mark.parametrize(("header", "expected"), COOKIE_CASES)
+def test_cookie_parsing_is_our_own_and_total(header: str, expected: str | None) -> None:
+    # Not werkzeug's parse_cookie: werkzeug 2.3 read 'sid="unterminated; \x00' as the
+    # credential '"unterminated', werkzeug 3 as no sid at all.
+    assert cookie_value(header, "sid") == expected
+
+
+@pytest.mark.parametrize(
+    "anonymous", [{}, {"Cookie": ""}, {"Cookie": "sid="}, {"Cookie": "other=1"}, {"Cookie": "sid"}]
+)
+def test_anonymous_requester_never_touches_another_task(
+    make_mw: Harness, anonymous: dict[str, str]
+) -> None:
+    slow = apps.SlowApp()
+    mw = make_mw(
+        Router({"/slow": slow}), routes=["/slow", "/work"], bind="cookie:sid",
+        max_pending_per_client=1,
+    )  # fmt: skip
+    alice = {"Cookie": "sid=alice"}
+    mine = call(mw, make_environ("/slow", "POST", headers=alice))
+    assert mine.code == 202
+    # The anonymous client cannot see or cancel it...
+    assert call(mw, make_environ(mine.location, "GET", headers=anonymous)).code == 404
+    assert call(mw, make_environ(mine.location, "DELETE", headers=anonymous)).code == 404
+    # ...does not share a quota with anyone: its own marked requests run inline, so a full
+    # quota (alice has her 1) never answers it 429, and it creates no task to be found.
+    for _ in range(3):
+        inline = call(mw, make_environ("/work", "POST", headers=anonymous))
+        assert inline.code == 200 and inline.body == b"hello world"
+    assert mw.stats()["counters"]["passed_through_anonymous"] == 3
+    assert call(mw, make_environ("/slow", "POST", headers=alice)).code == 429
+    slow.release.set()
+    assert result_of(mw, mine, headers=alice).code == 200

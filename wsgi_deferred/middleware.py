@@ -189,6 +189,11 @@ class DeferredMiddleware:
             return self.app(environ, start_response)
         if self.exclude and self.exclude.matches(method, path):
             return self.app(environ, start_response)
+        if self.binding.is_anonymous(environ):
+            # bind is on and this requester has no credential: its task could be bound to
+            # nobody (docs/security.md, "Anonymous requesters"), so it runs inline, as is.
+            self.metrics.incr("passed_through_anonymous")
+            return self.app(environ, start_response)
         if marked:
             wait = min((prefs.wait if prefs else None) or 0.0, self.max_wait)
         else:
