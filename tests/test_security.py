@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import apps
 import pytest
 from apps import Harness, Router, call, make_environ, result_of
 
+from wsgi_deferred import DeferredMiddleware
 from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 
@@ -196,3 +199,103 @@ def test_anonymous_requester_never_touches_another_task(
     assert call(mw, make_environ("/slow", "POST", headers=alice)).code == 429
     slow.release.set()
     assert result_of(mw, mine, headers=alice).code == 200
+
+
+# -- 5. limits that hold for a deployment -----------------------------------------------------
+
+
+def _client_slots(mw: DeferredMiddleware, address: str) -> int:
+    return mw.get_store().client_slots(mw.admission.client_id(address))
+
+
+def test_one_client_gets_a_fair_share_of_max_pending_by_default(make_mw: Harness) -> None:
+    slow = apps.SlowApp()
+    mw = make_mw(slow, routes=["/slow"], max_pending=20)  # default share: 20 / 10 = 2
+    answers = [call(mw, make_environ("/slow", "POST", REMOTE_ADDR="10.0.0.1")) for _ in range(3)]
+    assert [a.code for a in answers] == [202, 202, 429]
+    assert answers[2].header("Retry-After")
+    # Everyone else still gets in: one client cannot fill the queue.
+    others = [call(mw, make_environ("/slow", "POST", REMOTE_ADDR=f"10.0.1.{n}")) for n in range(5)]
+    assert [a.code for a in others] == [202] * 5
+    slow.release.set()
+    for accepted in answers[:2] + others:
+        assert result_of(mw, accepted).code == 200
+
+
+def test_per_client_count_lives_in_the_shared_store(make_mw: Harness, tmp_path: Path) -> None:
+    # Two middlewares on one SQLite file stand for two gunicorn workers (or two hosts): the
+    # client's limit is one number for both (issue 8, finding 5: -w 2 let 2 x 5 in).
+    url = f"sqlite://{tmp_path}/shared.db"
+    slow = apps.SlowApp()
+    first = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
+    second = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
+    env = {"REMOTE_ADDR": "10.0.0.7"}
+    a = call(first, make_environ("/slow", "POST", **env))
+    b = call(second, make_environ("/slow", "POST", **env))
+    assert (a.code, b.code) == (202, 202)
+    assert call(first, make_environ("/slow", "POST", **env)).code == 429
+    assert call(second, make_environ("/slow", "POST", **env)).code == 429
+    slow.release.set()
+    assert result_of(first, a).code == 200 and result_of(second, b).code == 200
+    assert apps.wait_until(lambda: _client_slots(first, "10.0.0.7") == 0)
+    assert call(second, make_environ("/slow", "POST", **env)).code == 202
+
+
+def test_slots_are_given_back_however_the_task_ends(make_mw: Harness) -> None:
+    slow, failing = apps.SlowApp(), apps.SlowApp(error=RuntimeError("boom"))
+    mw = make_mw(
+        Router({"/slow": slow, "/fail": failing}),
+        routes=["/slow", "/fail", "/work"], max_pending_per_client=1, workers=1,
+    )  # fmt: skip
+    ip = "10.0.0.3"
+
+    def submit(path: str) -> apps.Result:
+        return call(mw, make_environ(path, "POST", REMOTE_ADDR=ip))
+
+    def free() -> bool:
+        return apps.wait_until(lambda: _client_slots(mw, ip) == 0 and mw.pool.pending == 0)
+
+    # done
+    assert result_of(mw, submit("/work")).code == 200
+    assert free()
+    # failed
+    failing.release.set()
+    assert result_of(mw, submit("/fail")).code == 500
+    assert free()
+    # cancelled while running
+    running = submit("/slow")
+    assert slow.started.wait(apps.PATIENCE)
+    assert call(mw, make_environ(running.location, "DELETE")).code == 204
+    assert submit("/slow").code == 429  # still running: the slot is still taken
+    slow.release.set()
+    assert free()
+    assert submit("/work").code == 202
+
+
+def test_a_dead_process_slots_expire_with_its_lease(make_mw: Harness, tmp_path: Path) -> None:
+    # A process killed with -9 never gives its slot back: the slot lapses like its lease.
+    url = f"sqlite://{tmp_path}/shared.db"
+    mw = make_mw(apps.plain_app, routes=["/work"], store=url, max_pending_per_client=1,
+                 lease_timeout=0.5)  # fmt: skip
+    store = mw.get_store()
+    client = mw.admission.client_id("10.0.0.4")
+    assert store.acquire_slot(client, "x" * 22, 1, time.time() + 0.5)  # the "dead" one
+    assert call(mw, make_environ("/work", "POST", REMOTE_ADDR="10.0.0.4")).code == 429
+    assert apps.wait_until(lambda: store.client_slots(client) == 0, timeout=3)
+    assert call(mw, make_environ("/work", "POST", REMOTE_ADDR="10.0.0.4")).code == 202
+
+
+def test_over_quota_under_defer_after_is_answered_inline_not_429(make_mw: Harness) -> None:
+    slow = apps.SlowApp()
+    mw = make_mw(Router({"/slow": slow}), defer_after=0.05, max_pending_per_client=1)
+    env = {"REMOTE_ADDR": "10.0.0.5"}
+    first = call(mw, make_environ("/slow", "GET", **env))
+    assert first.code == 202  # handed over: takes the client's one slot
+    # A fast request of the same client still runs inline (no slot needed to finish fast).
+    assert call(mw, make_environ("/fast", "GET", **env)).body == b"hello world"
+    # A slow one past defer_after cannot be handed over: it is answered inline.
+    threading.Timer(0.3, slow.release.set).start()
+    second = call(mw, make_environ("/slow", "GET", **env))
+    assert second.code == 200 and second.body == b"slow done"
+    assert mw.stats()["counters"]["inline_client_limit"] == 1
+    assert result_of(mw, first).code == 200

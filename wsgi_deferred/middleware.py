@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+from .admission import Admission, default_client_limit
 from .binding import Binding, BindOption
 from .capture import BodyError, ChainedInput, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
@@ -122,6 +123,11 @@ class DeferredMiddleware:
         self._secret_read = 0.0
         self._last_purge = time.monotonic()
         self.binding = Binding(bind, self._store_secret)
+        #: Per-client pending tasks, counted in the store for the whole deployment; a fair
+        #: share of max_pending unless max_pending_per_client says otherwise.
+        self.admission = Admission(
+            max_pending_per_client or default_client_limit(max_pending), float(lease_timeout)
+        )
         self.runner = TaskRunner(
             app,
             self.get_store,
@@ -133,11 +139,12 @@ class DeferredMiddleware:
         self.pool = WorkerPool(
             workers=workers,
             max_pending=max_pending,
-            max_pending_per_client=max_pending_per_client,
+            max_pending_per_client=None,  # counted by self.admission, in the store
             heartbeat_interval=float(lease_timeout) / 3,
-            on_heartbeat=self.runner.heartbeat,
+            on_heartbeat=self._heartbeat,
             on_abandon=self.runner.abandon,
             drain_timeout=drain_timeout,
+            on_release=self._release_slot,
         )
         self.status = StatusEndpoint(
             self.get_store,
@@ -236,8 +243,9 @@ class DeferredMiddleware:
             snapshot.discard()
             return self._busy(start_response, "503 Service Unavailable", str(exc), html)
         client_key = owner or environ.get("REMOTE_ADDR")
+        task_id = new_task_id()
         try:
-            self.pool.reserve(client_key)
+            self.pool.reserve(client_key)  # this process's queue first: no store trip if full
         except ClientLimit as exc:
             snapshot.discard()
             self.metrics.incr("rejected_client_limit")
@@ -247,15 +255,26 @@ class DeferredMiddleware:
             self.metrics.incr("rejected_pool_full")
             return self._busy(start_response, "503 Service Unavailable", str(exc), html)
         job = Job(
-            self.runner, new_task_id(), snapshot, owner=owner, client_key=client_key, attached=False
+            self.runner, task_id, snapshot, owner=owner, client_key=client_key, attached=False
         )
         if wait <= 0:
+            # A client slot (counted in the store, for the deployment) before the task
+            # exists; a job that may finish inline takes one only if it is handed over.
             try:
-                self.runner.attach(job)
+                admitted = self.admission.acquire(store, client_key, task_id)
+                if admitted:
+                    self.runner.attach(job)
             except StoreUnavailable as exc:
                 self.pool.release(client_key)
+                self.admission.release(store, task_id)
                 snapshot.discard()
                 return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+            if not admitted:
+                self.pool.release(client_key)
+                snapshot.discard()
+                self.metrics.incr("rejected_client_limit")
+                message = f"this client already has {self.admission.limit} pending tasks"
+                return self._busy(start_response, "429 Too Many Requests", message, html)
             self.pool.submit(job)
         else:
             self.pool.submit(job)
@@ -280,9 +299,14 @@ class DeferredMiddleware:
                 # Finished (or abandoned by shutdown) in the instant between wait and lock.
                 return False
             try:
-                self.runner.attach(job)
-                return True
+                if self.admission.acquire(store, job.client_key, job.id):
+                    self.runner.attach(job)
+                    return True
+                # Over its quota: no 202, the client waits for its answer inline (it holds
+                # its own connection, as without the middleware).
+                self.metrics.incr("inline_client_limit")
             except StoreUnavailable:
+                self.admission.release(store, job.id)
                 logger.warning("task %s: store unavailable, answering inline instead", job.id)
         job.done.wait()  # nothing better to do than what the app would have done inline
         return False
@@ -357,6 +381,18 @@ class DeferredMiddleware:
             self._secret = self.get_store().secret()
             self._secret_read = now
         return self._secret
+
+    def _heartbeat(self, jobs: list[Any]) -> None:
+        """Renew the leases of this process's tasks and the client slots they hold."""
+        try:
+            self.runner.heartbeat(jobs)
+        finally:
+            self.admission.renew(self.get_store())
+
+    def _release_slot(self, job: Any) -> None:
+        """A job left the pool (however it ended): give its client slot back."""
+        if self.admission.holds(job.id):
+            self.admission.release(self.get_store(), job.id)
 
     def _cancelled_locally(self, task_id: str) -> None:
         job = self.pool.find(task_id)

@@ -37,7 +37,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
@@ -382,3 +382,68 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+    # One table shared by every process of the host; each acquire is one BEGIN IMMEDIATE
+    # transaction, so two workers can never both take a client's last slot.
+
+    _SLOTS_TABLE = (
+        "CREATE TABLE IF NOT EXISTS client_slots (client TEXT NOT NULL, task_id TEXT NOT NULL,"
+        " expires REAL NOT NULL, PRIMARY KEY (client, task_id)) WITHOUT ROWID"
+    )
+    _slots_ready = False
+
+    def _slots(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            if not self._slots_ready:
+                conn.execute(self._SLOTS_TABLE)
+            return operation(conn)
+
+        result = self._db.transaction(run)
+        self._slots_ready = True
+        return result
+
+    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+        now = time.time()
+
+        def acquire(conn: sqlite3.Connection) -> bool:
+            # Every client's expired slots (their process died): the table stays small.
+            conn.execute("DELETE FROM client_slots WHERE expires < ?", (now,))
+            held = conn.execute(
+                "SELECT task_id = ? FROM client_slots WHERE client = ?", (task_id, client)
+            ).fetchall()
+            if not any(row[0] for row in held) and len(held) >= limit:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO client_slots (client, task_id, expires) VALUES (?, ?, ?)",
+                (client, task_id, expires),
+            )
+            return True
+
+        return self._slots(acquire)
+
+    def release_slot(self, client: str, task_id: str) -> None:
+        self._slots(
+            lambda conn: conn.execute(
+                "DELETE FROM client_slots WHERE client = ? AND task_id = ?", (client, task_id)
+            )
+        )
+
+    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
+        pairs = [(expires, client, task_id) for client, task_id in slots]
+        if pairs:
+            self._slots(
+                lambda conn: conn.executemany(
+                    "UPDATE client_slots SET expires = ? WHERE client = ? AND task_id = ?", pairs
+                )
+            )
+
+    def client_slots(self, client: str) -> int:
+        return int(
+            self._slots(
+                lambda conn: conn.execute(
+                    "SELECT COUNT(*) FROM client_slots WHERE client = ? AND expires >= ?",
+                    (client, time.time()),
+                ).fetchone()[0]
+            )
+        )
