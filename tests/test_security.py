@@ -18,6 +18,7 @@ from apps import Harness, Router, call, make_environ, result_of
 from wsgi_deferred import DeferredMiddleware
 from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
+from wsgi_deferred.sanitize import log_safe
 
 pytestmark = pytest.mark.usefixtures("no_thread_leak")
 
@@ -133,13 +134,6 @@ def test_replay_keeps_the_content_length_the_client_sent(make_mw: Harness) -> No
     [seen] = recorder.environs
     assert seen["CONTENT_LENGTH"] == "10"
     assert recorder.bodies == [b"0123456789"]
-
-
-def _logged(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(record.getMessage() for record in caplog.records)
-
-
-_ = logging  # used by the log tests below
 
 
 # -- 4. anonymous requesters under bind -------------------------------------------------------
@@ -299,3 +293,85 @@ def test_over_quota_under_defer_after_is_answered_inline_not_429(make_mw: Harnes
     assert second.code == 200 and second.body == b"slow done"
     assert mw.stats()["counters"]["inline_client_limit"] == 1
     assert result_of(mw, first).code == 200
+
+
+# -- 6. escaping: logs and URLs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("POST /a", "POST /a"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("nul\x00", "nul\\x00"),
+        ("esc\x1b[31m", "esc\\x1b[31m"),
+        ("del\x7f c1\x85", "del\\x7f c1\\x85"),
+        ("sep\u2028", "sep\\u2028"),
+        ("back\\slash", "back\\\\slash"),
+        ("café ☃", "café ☃"),
+    ],
+)
+def test_log_safe(text: str, expected: str) -> None:
+    assert log_safe(text) == expected
+    assert "\n" not in log_safe(text) and "\r" not in log_safe(text)
+
+
+def test_request_text_never_forges_a_log_line(
+    make_mw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 8 finding 6: PATH_INFO "/r/x\r\n... wsgi_deferred INFO task FORGED: done".
+    def noisy(environ: dict[str, object], start_response: apps.StartResponse) -> list[bytes]:
+        errors = environ["wsgi.errors"]
+        errors.write("app says: " + str(environ["PATH_INFO"]) + "\n")  # type: ignore[attr-defined]
+        return apps.plain_app(environ, start_response)  # type: ignore[arg-type]
+
+    mw = make_mw(noisy, routes=["/r/<path:rest>"])
+    forged = "/r/x\r\n2026-01-01 wsgi_deferred INFO task FORGED: done\x00\x1b[2J"
+    caplog.set_level(logging.INFO, logger="wsgi_deferred")
+    prefer = {"Prefer": "respond-async"}  # a rule's <path> does not match a CR LF
+    accepted = call(mw, make_environ("/r/x", "POST", headers=prefer, PATH_INFO=forged))
+    assert result_of(mw, accepted).code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("wsgi_deferred")]
+    assert any("FORGED" in line for line in lines), lines  # it is logged...
+    for line in lines:  # ...but always inside one line, with no raw control character
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in line), repr(line)
+    record = mw.get_store().get(accepted.task_id)
+    assert record is not None and record.label is not None and "\r" not in record.label
+
+
+@pytest.mark.parametrize(
+    ("script_name", "prefix"),
+    [
+        ("//evil.example", "/evil.example"),
+        ("///evil.example/", "/evil.example"),
+        ("/\\evil.example", "/%5Cevil.example"),
+        ("/app/", "/app"),
+        ("/", ""),
+        ("", ""),
+        ("app", "/app"),
+    ],
+)
+def test_script_name_never_makes_an_off_site_url(
+    make_mw: Harness, script_name: str, prefix: str
+) -> None:
+    # Issue 8 finding 7: SCRIPT_NAME "//evil.example" made Location, Refresh and the meta
+    # refresh point at //evil.example/status/...
+    slow = apps.SlowApp()
+    mw = make_mw(slow, routes=["/slow"])
+    html = {"Accept": "text/html"}
+    accepted = call(mw, make_environ("/slow", "POST", headers=html, SCRIPT_NAME=script_name))
+    assert accepted.code == 202
+    location = accepted.location
+    assert location == f"{prefix}/status/{accepted.task_id}"
+    assert not location.startswith("//")
+    refresh = accepted.header("Refresh")
+    assert refresh is not None and refresh.split("url=", 1)[1].strip() == location
+    assert (
+        f'url={location}"' in accepted.body.decode() or f"url={location}" in accepted.body.decode()
+    )
+    page = accepted.body.decode()
+    assert "url=//" not in page and 'href="//' not in page and "url=/\\" not in page
+    polled = call(mw, make_environ(location[len(prefix) :], "GET", SCRIPT_NAME=script_name))
+    assert polled.code == 202 and polled.location == location
+    assert polled.json()["status_url"] == location
+    slow.release.set()

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from .buffers import SPOOL_THRESHOLD, SpooledBody
 from .errors import DeferredError
+from .sanitize import log_safe
 
 __all__ = ["BodyError", "ChainedInput", "RequestSnapshot", "capture_request"]
 
@@ -71,11 +72,12 @@ class RequestSnapshot:
 
     @functools.cached_property
     def label(self) -> str:
-        """A short human name for the work, e.g. ``POST /render/42``."""
+        """A short human name for the work, e.g. ``POST /render/42``: logged, stored and
+        shown, so escaped (CR, LF, NUL and other controls: :func:`~.sanitize.log_safe`)."""
         path = self.variables.get("SCRIPT_NAME", "") + self.variables.get("PATH_INFO", "")
         with contextlib.suppress(UnicodeError):
             path = path.encode("latin-1").decode("utf-8")
-        return f"{self.method} {path}"[:200]
+        return log_safe(f"{self.method[:20]} {path}")[:200]
 
     def replay_environ(self, task_id: str, extra: dict[str, Any] | None = None) -> WSGIEnviron:
         """A new environ for one replay; its ``wsgi.input`` reads the captured body."""
@@ -213,7 +215,7 @@ class LogStream:
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
-            self._log("task %s: %s", self.task_id, line)
+            self._log("task %s: %s", self.task_id, log_safe(line))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -221,5 +223,5 @@ class LogStream:
 
     def flush(self) -> None:
         if self._pending:
-            self._log("task %s: %s", self.task_id, self._pending)
+            self._log("task %s: %s", self.task_id, log_safe(self._pending))
             self._pending = ""

@@ -34,6 +34,7 @@ from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
 from .replay import StartResponse, WSGIApp, serve_body
 from .rules import RuleSet, parse_prefer
 from .runner import Job, TaskRunner
+from .sanitize import url_prefix
 from .status import StatusEndpoint, respond
 from .stores import Store, default_store_url, open_store
 from .task import TaskState, is_task_id, new_task_id
@@ -347,7 +348,9 @@ class DeferredMiddleware:
 
     def status_url(self, environ: dict[str, Any], task_id: str) -> str:
         """``SCRIPT_NAME + status_path + id`` as an absolute path (works behind proxies)."""
-        script_name = environ.get("SCRIPT_NAME", "").rstrip("/")
+        # Normalised first: a SCRIPT_NAME of "//evil.example" must not become a Location
+        # on another host (see wsgi_deferred.sanitize).
+        script_name = url_prefix(str(environ.get("SCRIPT_NAME", "")))
         return (
             quote(script_name.encode("latin-1", "replace"), safe="/") + self.status_path + task_id
         )
