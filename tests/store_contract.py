@@ -344,3 +344,64 @@ class StoreContract:
     def test_close_is_idempotent(self, store: Store) -> None:
         store.close()
         store.close()
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+
+    def test_slots_are_limited_per_client(self, store: Store) -> None:
+        until = time.time() + 30
+        alice, bob = "a" * 32, "b" * 32
+        ids = [new_task_id() for _ in range(3)]
+        assert store.acquire_slot(alice, ids[0], 2, until)
+        assert store.acquire_slot(alice, ids[1], 2, until)
+        assert not store.acquire_slot(alice, ids[2], 2, until)
+        assert store.acquire_slot(alice, ids[0], 2, until), "a slot already held is kept"
+        assert store.acquire_slot(bob, ids[2], 2, until), "another client: its own quota"
+        assert store.client_slots(alice) == 2 and store.client_slots(bob) == 1
+        store.release_slot(alice, ids[0])
+        store.release_slot(alice, ids[0])  # idempotent
+        assert store.client_slots(alice) == 1
+        assert store.acquire_slot(alice, ids[2], 2, until)
+        for task_id in ids:
+            store.release_slot(alice, task_id)
+            store.release_slot(bob, task_id)
+        assert store.client_slots(alice) == 0 and store.client_slots(bob) == 0
+
+    def test_expired_slots_free_themselves_unless_renewed(self, store: Store) -> None:
+        # A process that died never releases: its slots run out like a lease.
+        client = "c" * 32
+        dead, live, new = new_task_id(), new_task_id(), new_task_id()
+        soon = time.time() + 0.3
+        assert store.acquire_slot(client, dead, 2, soon)
+        assert store.acquire_slot(client, live, 2, soon)
+        assert not store.acquire_slot(client, new, 2, time.time() + 30)
+        store.renew_slots([(client, live)], time.time() + 30)
+        store.renew_slots([(client, new_task_id())], time.time() + 30)  # gone: stays gone
+        threading.Event().wait(0.5)
+        assert store.client_slots(client) == 1
+        assert store.acquire_slot(client, new, 2, time.time() + 30)
+        assert not store.acquire_slot(client, new_task_id(), 2, time.time() + 30)
+        store.release_slot(client, live)
+        store.release_slot(client, new)
+
+    def test_race_for_the_last_slot_has_one_winner(self, store: Store) -> None:
+        client = "d" * 32
+        barrier = threading.Barrier(8)
+        won: list[str] = []
+        lock = threading.Lock()
+
+        def take() -> None:
+            task_id = new_task_id()
+            barrier.wait()
+            if store.acquire_slot(client, task_id, 3, time.time() + 30):
+                with lock:
+                    won.append(task_id)
+
+        threads = [threading.Thread(target=take) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 3
+        assert store.client_slots(client) == 3
+        for task_id in won:
+            store.release_slot(client, task_id)

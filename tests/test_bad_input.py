@@ -378,8 +378,9 @@ def test_store_down_with_bind_is_503_not_500(make_mw: Harness) -> None:
     store = FlakyStore()
     mw = make_mw(apps.plain_app, routes=["/work"], store=store, bind="authorization")
     store.down = True
-    assert request(mw, "POST", "/work").code == 503
-    assert request(mw, "GET", f"/status/{new_task_id()}").code == 503
+    creds = {"Authorization": "Bearer someone"}  # anonymous requests are not deferred
+    assert request(mw, "POST", "/work", headers=creds).code == 503
+    assert request(mw, "GET", f"/status/{new_task_id()}", headers=creds).code == 503
 
 
 def test_store_down_at_hand_over_answers_inline(make_mw: Harness) -> None:

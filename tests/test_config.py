@@ -193,7 +193,7 @@ def _inspect(middleware: DeferredMiddleware, name: str) -> object:
         "max_body": lambda m: m.max_body,
         "lease_timeout": lambda m: m.runner.lease_timeout,
         "bind": lambda m: m.binding.enabled,
-        "max_pending_per_client": lambda m: m.pool.max_pending_per_client,
+        "max_pending_per_client": lambda m: m.admission.limit,
         "max_wait": lambda m: m.max_wait,
         "drain_timeout": lambda m: m.pool.drain_timeout,
         "debug": lambda m: m.runner.debug,
@@ -215,7 +215,7 @@ ENV_CASES = [
     ("max_body", "1K", 1024, 100 * 2**20),
     ("lease_timeout", "9", 9.0, 30.0),
     ("bind", "cookie:sid", True, False),
-    ("max_pending_per_client", "2", 2, None),
+    ("max_pending_per_client", "2", 2, 100),  # default: max_pending / 10
     ("max_wait", "5", 5.0, 25.0),
     ("drain_timeout", "3", 3.0, 25.0),
     ("debug", "yes", True, False),

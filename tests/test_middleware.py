@@ -488,18 +488,19 @@ def test_bind_ties_the_status_url_to_its_requester(make_mw: Harness, name: str) 
     assert request(mw, "GET", accepted.location, **mine).code == 200
 
 
-def test_anonymous_tasks_are_visible_only_to_anonymous_requesters(make_mw: Harness) -> None:
+def test_anonymous_requests_are_not_deferred_under_bind(make_mw: Harness) -> None:
+    # docs/security.md, "Anonymous requesters": no credential, nobody to bind to: inline.
     mw = make_mw(apps.plain_app, routes=["/work"], bind="authorization")
-    accepted = request(mw, "POST", "/work")
-    assert result_of(mw, accepted).code == 200
-    assert request(mw, "GET", accepted.location, headers={"Authorization": "x"}).code == 404
+    answer = request(mw, "POST", "/work")
+    assert answer.code == 200 and answer.body == b"hello world"
+    assert mw.stats()["counters"]["passed_through_anonymous"] == 1
 
 
 def test_malformed_cookie_header_counts_as_no_credential(make_mw: Harness) -> None:
     mw = make_mw(apps.plain_app, routes=["/work"], bind="cookie:sid")
-    accepted = request(mw, "POST", "/work", headers={"Cookie": 'sid="unterminated; \x00'})
-    assert accepted.code == 202
-    assert result_of(mw, accepted).code == 200  # also no (usable) cookie: same owner
+    answer = request(mw, "POST", "/work", headers={"Cookie": 'sid="unterminated; \x00'})
+    assert answer.code == 200  # no usable cookie: anonymous, so answered inline
+    assert mw.stats()["counters"]["passed_through_anonymous"] == 1
 
 
 @pytest.mark.parametrize("option", ["cookie:", "cookie", "authorization:x", "ip", 42, ""])

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from .buffers import SPOOL_THRESHOLD, SpooledBody
 from .errors import DeferredError
 from .hop_by_hop import hop_by_hop_fields, is_hop_by_hop, variable_field_name
+from .sanitize import log_safe
 
 __all__ = ["BodyError", "ChainedInput", "RequestSnapshot", "capture_request"]
 
@@ -60,11 +61,12 @@ class RequestSnapshot:
 
     @functools.cached_property
     def label(self) -> str:
-        """A short human name for the work, e.g. ``POST /render/42``."""
+        """A short human name for the work, e.g. ``POST /render/42``: logged, stored and
+        shown, so escaped (CR, LF, NUL and other controls: :func:`~.sanitize.log_safe`)."""
         path = self.variables.get("SCRIPT_NAME", "") + self.variables.get("PATH_INFO", "")
         with contextlib.suppress(UnicodeError):
             path = path.encode("latin-1").decode("utf-8")
-        return f"{self.method} {path}"[:200]
+        return log_safe(f"{self.method[:20]} {path}")[:200]
 
     def replay_environ(self, task_id: str, extra: dict[str, Any] | None = None) -> WSGIEnviron:
         """A new environ for one replay; its ``wsgi.input`` reads the captured body."""
@@ -168,7 +170,11 @@ def read_body(environ: WSGIEnviron, max_body: int, spool_threshold: int) -> Spoo
     if stream is None or (length is None and not terminated):
         return body  # PEP 3333: no CONTENT_LENGTH and no terminated input means no body
     try:
-        if length is not None and not terminated:
+        if length is not None:
+            # A declared length is the client's promise, whatever wsgi.input_terminated says:
+            # gunicorn sets that flag on a Content-Length body too, and a client that dies or
+            # half-closes mid-upload then reads as a clean EOF. Fewer bytes than promised is a
+            # truncated request (RFC 9112 §8: "incomplete message"), never a task to run.
             copied = body.fill_from(stream, length)
             if copied < length:
                 raise BodyError(
@@ -229,7 +235,7 @@ class LogStream:
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
-            self._log("task %s: %s", self.task_id, line)
+            self._log("task %s: %s", self.task_id, log_safe(line))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -237,5 +243,5 @@ class LogStream:
 
     def flush(self) -> None:
         if self._pending:
-            self._log("task %s: %s", self.task_id, self._pending)
+            self._log("task %s: %s", self.task_id, log_safe(self._pending))
             self._pending = ""

@@ -217,8 +217,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_pending_per_client",
         _optional(_int(1)),
         "N",
-        "queued + running tasks per client before 429",
-        "off",
+        "queued + running tasks per client (deployment-wide) before 429",
+        "max_pending/10",
     ),
     Option("max_wait", _seconds(positive=False), "SECONDS", "cap on Prefer: wait=N", "25"),
     Option(

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+from .admission import Admission, default_client_limit
 from .binding import Binding, BindOption
 from .capture import BodyError, ChainedInput, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
@@ -33,6 +34,7 @@ from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
 from .replay import StartResponse, WSGIApp, serve_body
 from .rules import RuleSet, parse_prefer
 from .runner import Job, TaskRunner
+from .sanitize import url_prefix
 from .status import StatusEndpoint, respond
 from .stores import Store, default_store_url, open_store
 from .task import TaskState, is_task_id, new_task_id
@@ -122,6 +124,11 @@ class DeferredMiddleware:
         self._secret_read = 0.0
         self._last_purge = time.monotonic()
         self.binding = Binding(bind, self._store_secret)
+        #: Per-client pending tasks, counted in the store for the whole deployment; a fair
+        #: share of max_pending unless max_pending_per_client says otherwise.
+        self.admission = Admission(
+            max_pending_per_client or default_client_limit(max_pending), float(lease_timeout)
+        )
         self.runner = TaskRunner(
             app,
             self.get_store,
@@ -133,11 +140,12 @@ class DeferredMiddleware:
         self.pool = WorkerPool(
             workers=workers,
             max_pending=max_pending,
-            max_pending_per_client=max_pending_per_client,
+            max_pending_per_client=None,  # counted by self.admission, in the store
             heartbeat_interval=float(lease_timeout) / 3,
-            on_heartbeat=self.runner.heartbeat,
+            on_heartbeat=self._heartbeat,
             on_abandon=self.runner.abandon,
             drain_timeout=drain_timeout,
+            on_release=self._release_slot,
         )
         self.status = StatusEndpoint(
             self.get_store,
@@ -189,6 +197,11 @@ class DeferredMiddleware:
             return self.app(environ, start_response)
         if self.exclude and self.exclude.matches(method, path):
             return self.app(environ, start_response)
+        if self.binding.is_anonymous(environ):
+            # bind is on and this requester has no credential: its task could be bound to
+            # nobody (docs/security.md, "Anonymous requesters"), so it runs inline, as is.
+            self.metrics.incr("passed_through_anonymous")
+            return self.app(environ, start_response)
         if marked:
             wait = min((prefs.wait if prefs else None) or 0.0, self.max_wait)
         else:
@@ -217,6 +230,10 @@ class DeferredMiddleware:
                     exc.partial.discard()  # the open reader keeps the data (POSIX)
                     environ["wsgi.input"] = ChainedInput(head, environ["wsgi.input"])
                 return self.app(environ, start_response)
+            if exc.partial is not None:
+                # A marked route answers 413: what was read of the body is never used, and a
+                # spilled temp file would otherwise outlive the request (a disk-fill DoS).
+                exc.partial.discard()
             self.metrics.incr("rejected_body")
             body, ctype = render_message(exc.status, exc.message, html)
             return respond(start_response, exc.status, body, ctype)
@@ -227,8 +244,9 @@ class DeferredMiddleware:
             snapshot.discard()
             return self._busy(start_response, "503 Service Unavailable", str(exc), html)
         client_key = owner or environ.get("REMOTE_ADDR")
+        task_id = new_task_id()
         try:
-            self.pool.reserve(client_key)
+            self.pool.reserve(client_key)  # this process's queue first: no store trip if full
         except ClientLimit as exc:
             snapshot.discard()
             self.metrics.incr("rejected_client_limit")
@@ -238,15 +256,26 @@ class DeferredMiddleware:
             self.metrics.incr("rejected_pool_full")
             return self._busy(start_response, "503 Service Unavailable", str(exc), html)
         job = Job(
-            self.runner, new_task_id(), snapshot, owner=owner, client_key=client_key, attached=False
+            self.runner, task_id, snapshot, owner=owner, client_key=client_key, attached=False
         )
         if wait <= 0:
+            # A client slot (counted in the store, for the deployment) before the task
+            # exists; a job that may finish inline takes one only if it is handed over.
             try:
-                self.runner.attach(job)
+                admitted = self.admission.acquire(store, client_key, task_id)
+                if admitted:
+                    self.runner.attach(job)
             except StoreUnavailable as exc:
                 self.pool.release(client_key)
+                self.admission.release(store, task_id)
                 snapshot.discard()
                 return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+            if not admitted:
+                self.pool.release(client_key)
+                snapshot.discard()
+                self.metrics.incr("rejected_client_limit")
+                message = f"this client already has {self.admission.limit} pending tasks"
+                return self._busy(start_response, "429 Too Many Requests", message, html)
             self.pool.submit(job)
         else:
             self.pool.submit(job)
@@ -271,9 +300,14 @@ class DeferredMiddleware:
                 # Finished (or abandoned by shutdown) in the instant between wait and lock.
                 return False
             try:
-                self.runner.attach(job)
-                return True
+                if self.admission.acquire(store, job.client_key, job.id):
+                    self.runner.attach(job)
+                    return True
+                # Over its quota: no 202, the client waits for its answer inline (it holds
+                # its own connection, as without the middleware).
+                self.metrics.incr("inline_client_limit")
             except StoreUnavailable:
+                self.admission.release(store, job.id)
                 logger.warning("task %s: store unavailable, answering inline instead", job.id)
         job.done.wait()  # nothing better to do than what the app would have done inline
         return False
@@ -314,7 +348,9 @@ class DeferredMiddleware:
 
     def status_url(self, environ: dict[str, Any], task_id: str) -> str:
         """``SCRIPT_NAME + status_path + id`` as an absolute path (works behind proxies)."""
-        script_name = environ.get("SCRIPT_NAME", "").rstrip("/")
+        # Normalised first: a SCRIPT_NAME of "//evil.example" must not become a Location
+        # on another host (see wsgi_deferred.sanitize).
+        script_name = url_prefix(str(environ.get("SCRIPT_NAME", "")))
         return (
             quote(script_name.encode("latin-1", "replace"), safe="/") + self.status_path + task_id
         )
@@ -328,7 +364,13 @@ class DeferredMiddleware:
             with self._store_lock:
                 if self._store is None:
                     multiprocess = bool(environ and environ.get("wsgi.multiprocess"))
-                    url = default_store_url(multiprocess)
+                    try:
+                        url = default_store_url(multiprocess)
+                    except ConfigurationError as exc:
+                        # A squatted or unsafe default directory: refuse to use it, loudly,
+                        # and answer 503 (StoreUnavailable) rather than a crash per request.
+                        logger.error("default store refused: %s", exc)
+                        raise StoreUnavailable(str(exc)) from exc
                     self._store = open_store(url)
                     logger.info("using store %s", url)
                 store = self._store
@@ -342,6 +384,18 @@ class DeferredMiddleware:
             self._secret = self.get_store().secret()
             self._secret_read = now
         return self._secret
+
+    def _heartbeat(self, jobs: list[Any]) -> None:
+        """Renew the leases of this process's tasks and the client slots they hold."""
+        try:
+            self.runner.heartbeat(jobs)
+        finally:
+            self.admission.renew(self.get_store())
+
+    def _release_slot(self, job: Any) -> None:
+        """A job left the pool (however it ended): give its client slot back."""
+        if self.admission.holds(job.id):
+            self.admission.release(self.get_store(), job.id)
 
     def _cancelled_locally(self, task_id: str) -> None:
         job = self.pool.find(task_id)

@@ -65,6 +65,7 @@ class WorkerPool:
         on_heartbeat: Callable[[list[PoolJob]], None] | None = None,
         on_abandon: Callable[[PoolJob, str], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        on_release: Callable[[PoolJob], None] | None = None,
         name: str = "wsgi-deferred",
     ) -> None:
         self.workers = workers
@@ -74,6 +75,9 @@ class WorkerPool:
         self.on_heartbeat = on_heartbeat
         self.on_abandon = on_abandon
         self.drain_timeout = drain_timeout
+        #: Called once for every submitted job that leaves the pool, however it ended (run,
+        #: skipped, abandoned): gives back what admission took for it (docs/security.md).
+        self.on_release = on_release
         self.name = name
         self._lock = threading.Lock()
         self._reset()
@@ -192,6 +196,7 @@ class WorkerPool:
                     self._running.discard(job.id)
                     self._jobs.pop(job.id, None)
                     self._forget_client(job.client_key)
+                self._released(job)
 
     def _beat(self) -> None:
         while not self._wake.wait(self.heartbeat_interval):
@@ -222,6 +227,7 @@ class WorkerPool:
                 self._jobs.pop(job.id, None)
         for job in waiting:
             self._abandon(job, "the server process stopped before this task started")
+            self._released(job)
         for _ in threads:
             self._queue.put(_STOP)
         deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)
@@ -236,6 +242,14 @@ class WorkerPool:
             self._heartbeat.join(max(HEARTBEAT_JOIN_TIMEOUT, deadline - time.monotonic()))
         for job in self.jobs():
             self._abandon(job, "the server process stopped before this task finished")
+
+    def _released(self, job: PoolJob) -> None:
+        if self.on_release is None:
+            return
+        try:
+            self.on_release(job)
+        except Exception:
+            logger.exception("task %s: could not release its admission slot", job.id)
 
     def _abandon(self, job: PoolJob, reason: str) -> None:
         if self.on_abandon is None:

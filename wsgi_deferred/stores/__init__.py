@@ -15,6 +15,7 @@ import tempfile
 
 from ..errors import ConfigurationError
 from .base import Store
+from .private import private_directory
 
 __all__ = ["REDIS_SCHEMES", "Store", "default_store_url", "open_store"]
 
@@ -35,13 +36,16 @@ def default_store_url(multiprocess: bool) -> str:
     deployments on one host differ in at least one, so they never share tasks by accident.
     A restart with the same command finds its earlier results again. The file lives in
     ``$TMPDIR/wsgi-deferred-<uid>/<hash>.db``; set ``store=`` explicitly to choose another.
+
+    That directory is private (created 0700, refused with :class:`ConfigurationError` when it
+    is a symbolic link or another user's, see :mod:`.private`), its files 0600.
     """
     if not multiprocess:
         return "memory://"
     uid = os.getuid() if hasattr(os, "getuid") else 0
     identity = "\0".join([str(uid), os.path.realpath(os.getcwd()), *sys.argv])
     digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
-    directory = os.path.join(tempfile.gettempdir(), f"wsgi-deferred-{uid}")
+    directory = private_directory(os.path.join(tempfile.gettempdir(), f"wsgi-deferred-{uid}"))
     return "sqlite://" + os.path.join(directory, f"{digest}.db")
 
 

@@ -142,3 +142,29 @@ class Store(abc.ABC):
         """Release what this store holds for the calling thread or process (a per-thread
         connection, a connection pool it created; never a client it was given).
         Idempotent; the store may be used again afterwards and reconnects."""
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+    # Not abstract: a store without them still works; the middleware then counts per
+    # process (wsgi_deferred.admission). *client* is an opaque key of at most 64 characters
+    # from [0-9a-f]; a slot is one pending task of that client, named by its task id.
+
+    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+        """Atomically: forget *client*'s slots whose ``expires`` has passed; then, if
+        *task_id* already has a slot, move its expiry to *expires* and return True; else
+        if fewer than *limit* slots remain, add one for *task_id* until *expires* and
+        return True; else return False. Two racing callers can never both take the last
+        slot."""
+        raise NotImplementedError
+
+    def release_slot(self, client: str, task_id: str) -> None:
+        """Give back *task_id*'s slot (the task ended, any way). Idempotent."""
+        raise NotImplementedError
+
+    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
+        """Heartbeat: move the expiry of each existing ``(client, task_id)`` slot to
+        *expires*. A slot that is gone stays gone (its task ended or its process died)."""
+        raise NotImplementedError
+
+    def client_slots(self, client: str) -> int:
+        """How many unexpired slots *client* holds."""
+        raise NotImplementedError

@@ -241,3 +241,44 @@ class MemoryStore(Store):
         body = self._bodies.pop(task_id, None)
         if body is not None:
             body.discard()
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+
+    #: client -> {task id: slot expiry}; created on first use (guarded by ``_lock``).
+    _client_slots: dict[str, dict[str, float]] | None = None
+
+    def _slots_of(self, client: str, now: float) -> dict[str, float]:
+        """*client*'s live slots (caller holds the lock); expired ones are dropped."""
+        if self._client_slots is None:
+            self._client_slots = {}
+        mine = self._client_slots.setdefault(client, {})
+        for task_id in [t for t, until in mine.items() if until < now]:
+            del mine[task_id]
+        return mine
+
+    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+        with self._lock:
+            mine = self._slots_of(client, time.time())
+            if task_id not in mine and len(mine) >= limit:
+                return False
+            mine[task_id] = expires
+            return True
+
+    def release_slot(self, client: str, task_id: str) -> None:
+        with self._lock:
+            mine = self._slots_of(client, time.time())
+            mine.pop(task_id, None)
+            if not mine and self._client_slots is not None:
+                self._client_slots.pop(client, None)
+
+    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
+        with self._lock:
+            now = time.time()
+            for client, task_id in slots:
+                mine = self._slots_of(client, now)
+                if task_id in mine:
+                    mine[task_id] = expires
+
+    def client_slots(self, client: str) -> int:
+        with self._lock:
+            return len(self._slots_of(client, time.time()))

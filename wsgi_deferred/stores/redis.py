@@ -27,6 +27,7 @@ Key layout (``P`` is the prefix, ``ID`` the task id; ``{...}`` is a hash tag)::
     P index:{N}             sorted set, N = crc32(ID) % INDEX_SHARDS: id -> a lower bound of
                             its ``purge_at``, so purge() finds what is due
     P secret                the shared key behind ``bind`` hashes
+    P slots:{CLIENT}        sorted set: pending task id -> slot expiry, per client (admission)
 
 Long polls: every end transition (and every deletion) leaves one token in ``done:{ID}``;
 waiters ``BLMOVE`` that list onto itself, a rotation that never consumes the token, so every
@@ -320,6 +321,56 @@ class RedisStore(RedisCalls, Store):
 
     def close(self) -> None:
         self._close_clients()
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+    # ``P slots:{CLIENT}``: sorted set task id -> slot expiry, one key per client (its own
+    # hash slot, so the script declares the one key it touches and runs on Redis Cluster).
+    # The key's TTL follows its latest expiry, so a client that went away leaves nothing.
+
+    _ACQUIRE_SLOT = """
+local key, now, id = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local limit, expires = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
+if not redis.call('ZSCORE', key, id) and redis.call('ZCARD', key) >= limit then
+  return 0
+end
+redis.call('ZADD', key, expires, id)
+local ttl = math.ceil((expires - now) * 1000) + 1000
+if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+return 1
+"""
+    _acquire_slot: redis.commands.core.Script | None = None
+
+    def _slots_key(self, client: str) -> str:
+        return f"{self.prefix}slots:{{{client}}}"
+
+    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+        if self._acquire_slot is None:
+            self._acquire_slot = self._redis.register_script(self._ACQUIRE_SLOT)
+        args = [repr(time.time()), task_id, int(limit), repr(float(expires))]
+        with _unavailable():
+            return bool(self._acquire_slot([self._slots_key(client)], args))
+
+    def release_slot(self, client: str, task_id: str) -> None:
+        with _unavailable():
+            self._redis.zrem(self._slots_key(client), task_id)
+
+    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
+        pairs = list(slots)
+        if not pairs:
+            return
+        ttl = max(1000, int((expires - time.time()) * 1000) + 1000)
+        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
+        for client, task_id in pairs:
+            key = self._slots_key(client)
+            pipe.zadd(key, {task_id: float(expires)}, xx=True)  # only slots that still exist
+            pipe.pexpire(key, ttl)  # all slots of a client share one lease_timeout
+        with _unavailable():
+            pipe.execute()
+
+    def client_slots(self, client: str) -> int:
+        with _unavailable():
+            return int(self._redis.zcount(self._slots_key(client), time.time(), "+inf"))
 
 
 class _ChunkReader(io.RawIOBase):

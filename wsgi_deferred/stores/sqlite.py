@@ -37,13 +37,14 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
 from .base import STALE_RETENTION, Store
+from .private import PRIVATE_DIR_MODE, create_private_file
 from .sqlite_db import POLL_MAX, POLL_MIN, ConnectionPerThread
 
 __all__ = ["INLINE_BODY_MAX_BYTES", "SQLiteStore"]
@@ -82,9 +83,13 @@ class SQLiteStore(Store):
         self.busy_timeout = busy_timeout
         self.bodies_dir = self.path + ".bodies"
         try:
-            os.makedirs(self.bodies_dir, exist_ok=True)  # also creates the db's parents
+            # Also creates the db's parents. Bodies are results: private (docs/security.md).
+            os.makedirs(self.bodies_dir, mode=PRIVATE_DIR_MODE, exist_ok=True)
+            # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the database's
+            # mode. An existing file keeps the mode its owner chose.
+            create_private_file(self.path)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create {self.bodies_dir}: {exc}") from exc
+            raise StoreUnavailable(f"cannot create the store at {self.path}: {exc}") from exc
         self._db = ConnectionPerThread(self.path, busy_timeout)
         self._secret: bytes | None = None
         self._generation = 0  # bumped by every final transition made through this instance
@@ -377,3 +382,68 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
+
+    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
+    # One table shared by every process of the host; each acquire is one BEGIN IMMEDIATE
+    # transaction, so two workers can never both take a client's last slot.
+
+    _SLOTS_TABLE = (
+        "CREATE TABLE IF NOT EXISTS client_slots (client TEXT NOT NULL, task_id TEXT NOT NULL,"
+        " expires REAL NOT NULL, PRIMARY KEY (client, task_id)) WITHOUT ROWID"
+    )
+    _slots_ready = False
+
+    def _slots(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            if not self._slots_ready:
+                conn.execute(self._SLOTS_TABLE)
+            return operation(conn)
+
+        result = self._db.transaction(run)
+        self._slots_ready = True
+        return result
+
+    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+        now = time.time()
+
+        def acquire(conn: sqlite3.Connection) -> bool:
+            # Every client's expired slots (their process died): the table stays small.
+            conn.execute("DELETE FROM client_slots WHERE expires < ?", (now,))
+            held = conn.execute(
+                "SELECT task_id = ? FROM client_slots WHERE client = ?", (task_id, client)
+            ).fetchall()
+            if not any(row[0] for row in held) and len(held) >= limit:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO client_slots (client, task_id, expires) VALUES (?, ?, ?)",
+                (client, task_id, expires),
+            )
+            return True
+
+        return self._slots(acquire)
+
+    def release_slot(self, client: str, task_id: str) -> None:
+        self._slots(
+            lambda conn: conn.execute(
+                "DELETE FROM client_slots WHERE client = ? AND task_id = ?", (client, task_id)
+            )
+        )
+
+    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
+        pairs = [(expires, client, task_id) for client, task_id in slots]
+        if pairs:
+            self._slots(
+                lambda conn: conn.executemany(
+                    "UPDATE client_slots SET expires = ? WHERE client = ? AND task_id = ?", pairs
+                )
+            )
+
+    def client_slots(self, client: str) -> int:
+        return int(
+            self._slots(
+                lambda conn: conn.execute(
+                    "SELECT COUNT(*) FROM client_slots WHERE client = ? AND expires >= ?",
+                    (client, time.time()),
+                ).fetchone()[0]
+            )
+        )

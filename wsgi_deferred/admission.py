@@ -1,0 +1,113 @@
+"""Per-client admission: how many tasks one client may have pending, across the deployment.
+
+``max_pending`` bounds one process's queue (``503`` past it). Without more, one client could
+fill it for everyone, and a per-client count kept in each process's memory lets ``-w N``
+processes admit N times the limit (issue 8, finding 5). So each client's pending tasks are
+counted *in the store* (:meth:`Store.acquire_slot`, atomic there), which every process and host
+of a deployment shares, and the default per-client cap is a fair share of ``max_pending``
+(``DEFAULT_CLIENT_SHARE``), so no single client can take the whole queue. See
+docs/security.md, "Limits".
+
+A slot is taken before the task exists and given back when it ends in any way (done, failed,
+cancelled, abandoned at shutdown: :meth:`Admission.release`). A process that dies cannot give
+its slots back, so slots expire like leases (``lease_timeout``) unless the heartbeat renews them
+(:meth:`Admission.renew`): a lost task frees its slot within one lease.
+
+A store that does not implement the slot methods (a third-party one) falls back to a count in
+this process, the old behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+
+from .errors import StoreUnavailable
+from .stores.base import Store
+
+__all__ = ["DEFAULT_CLIENT_SHARE", "Admission", "default_client_limit"]
+
+logger = logging.getLogger("wsgi_deferred")
+
+#: Default ``max_pending_per_client`` as a fraction of ``max_pending``: with the defaults
+#: (1000), 100 pending tasks per client, so at least ten clients always find room.
+DEFAULT_CLIENT_SHARE = 0.1
+
+
+def default_client_limit(max_pending: int) -> int:
+    """The fair-share ``max_pending_per_client`` used when none is given (at least 1)."""
+    return max(1, math.floor(max_pending * DEFAULT_CLIENT_SHARE))
+
+
+class Admission:
+    """Takes, renews and gives back per-client slots for one middleware."""
+
+    def __init__(self, limit: int, lease_timeout: float) -> None:
+        self.limit = limit
+        self.lease_timeout = lease_timeout  # seconds a slot lives without a renewal
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # task id -> client, slots this process took
+        self._local: dict[str, set[str]] = {}  # fallback: client -> task ids, this process
+
+    @staticmethod
+    def client_id(client_key: str) -> str:
+        """The store's key for a client: a fixed-size hash, so an address or an owner hash
+        of any shape makes a valid key (and a Redis hash tag without braces)."""
+        return hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def acquire(self, store: Store, client_key: str | None, task_id: str) -> bool:
+        """Take a slot for *task_id*; False when the client is at its limit. Raises
+        StoreUnavailable when the store cannot be asked."""
+        if client_key is None:
+            return True
+        client = self.client_id(client_key)
+        try:
+            taken = store.acquire_slot(
+                client, task_id, self.limit, time.time() + self.lease_timeout
+            )
+        except NotImplementedError:
+            with self._lock:
+                held = self._local.setdefault(client, set())
+                taken = len(held) < self.limit
+                if taken:
+                    held.add(task_id)
+        if taken:
+            with self._lock:
+                self._held[task_id] = client
+        return taken
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._held
+
+    def release(self, store: Store, task_id: str) -> None:
+        """Give *task_id*'s slot back, if it holds one (no store trip otherwise). Never
+        raises: a slot the store cannot take back now expires within ``lease_timeout``."""
+        with self._lock:
+            client = self._held.pop(task_id, None)
+            if client is None:
+                return
+            held = self._local.get(client)
+            if held is not None:
+                held.discard(task_id)
+                if not held:
+                    del self._local[client]
+        try:
+            store.release_slot(client, task_id)
+        except NotImplementedError:
+            pass
+        except StoreUnavailable as exc:
+            logger.warning("task %s: client slot not released (%s); it expires", task_id, exc)
+
+    def renew(self, store: Store) -> None:
+        """Heartbeat: keep alive the slots of this process's unfinished tasks."""
+        with self._lock:
+            slots = [(client, task_id) for task_id, client in self._held.items()]
+        if not slots:
+            return
+        try:
+            store.renew_slots(slots, time.time() + self.lease_timeout)
+        except NotImplementedError:
+            pass  # the local fallback does not expire
