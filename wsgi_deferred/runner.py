@@ -10,6 +10,7 @@ result is never both served inline and stored, nor lost between the two.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -23,6 +24,8 @@ from .errors import StoreUnavailable
 from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
 from .stores.base import Store
 from .task import TaskRecord, TaskState
+from .tasklog import set_current_task_id
+from .tracing import current_traceparent
 
 __all__ = ["Job", "TaskRunner"]
 
@@ -64,6 +67,10 @@ class Job:
         #: Outcome kept for an inline answer (detached jobs only).
         self.response: BufferedResponse | None = None
         self.exc_info: ExcInfo | None = None
+        # Made in the accepting request's thread: the replay runs in a copy of its context
+        # (trace context, see tracing.py), and the traceparent outlives this process.
+        self.context = contextvars.copy_context()
+        self.traceparent = current_traceparent()
 
     def run(self) -> None:
         self.runner.run(self)
@@ -175,12 +182,13 @@ class TaskRunner:
                 "wsgi_deferred.id": job.id,
                 "wsgi_deferred.progress": job.report_progress,
                 "wsgi_deferred.cancelled": job.is_cancelled,
+                "wsgi_deferred.traceparent": job.traceparent,
             },
         )
         response: BufferedResponse | None = None
         exc_info: ExcInfo | None = None
         try:
-            response = run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
+            response = job.context.run(self._replay, job.id, environ)
         except BaseException:
             # Even SystemExit/KeyboardInterrupt from the app only fail this task: letting
             # them end the worker thread would strand every task queued behind it.
@@ -196,6 +204,11 @@ class TaskRunner:
                 return
         self._record_outcome(job, response, exc_info)
         job.done.set()
+
+    def _replay(self, task_id: str, environ: dict[str, Any]) -> BufferedResponse:
+        """Runs inside the job's copy of the accepting request's context (tracing.py)."""
+        set_current_task_id(task_id)
+        return run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
 
     def _record_outcome(
         self, job: Job, response: BufferedResponse | None, exc_info: ExcInfo | None
