@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from .buffers import SPOOL_THRESHOLD, SpooledBody
 from .errors import DeferredError
+from .tasklog import task_extra
 
 __all__ = ["BodyError", "ChainedInput", "RequestSnapshot", "capture_request"]
 
@@ -209,7 +210,7 @@ class LogStream:
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
-            self._log("task %s: %s", self.task_id, line)
+            self._log("task %s: %s", self.task_id, line, extra=task_extra(self.task_id))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -217,5 +218,5 @@ class LogStream:
 
     def flush(self) -> None:
         if self._pending:
-            self._log("task %s: %s", self.task_id, self._pending)
+            self._log("task %s: %s", self.task_id, self._pending, extra=task_extra(self.task_id))
             self._pending = ""

@@ -36,6 +36,7 @@ from .runner import Job, TaskRunner
 from .status import StatusEndpoint, respond
 from .stores import Store, default_store_url, open_store
 from .task import TaskState, is_task_id, new_task_id
+from .tasklog import task_extra
 
 __all__ = ["DeferredMiddleware"]
 
@@ -253,7 +254,7 @@ class DeferredMiddleware:
             if not self._hand_over_after(job, wait, store):
                 return self._inline(job, environ, start_response)
         self.metrics.incr("deferred")
-        logger.info("task %s: deferred %s", job.id, snapshot.label)
+        logger.info("task %s: deferred %s", job.id, snapshot.label, extra=task_extra(job.id))
         extra = [("Preference-Applied", "respond-async")] if asked_async else []
         with job.lock:
             record = job.record()
@@ -274,7 +275,11 @@ class DeferredMiddleware:
                 self.runner.attach(job)
                 return True
             except StoreUnavailable:
-                logger.warning("task %s: store unavailable, answering inline instead", job.id)
+                logger.warning(
+                    "task %s: store unavailable, answering inline instead",
+                    job.id,
+                    extra=task_extra(job.id),
+                )
         job.done.wait()  # nothing better to do than what the app would have done inline
         return False
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .errors import PoolFull
+from .tasklog import task_extra
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "ClientLimit", "PoolJob", "WorkerPool"]
 
@@ -186,7 +187,9 @@ class WorkerPool:
             try:
                 job.run()
             except BaseException:  # run() handles app errors; this is a bug in us: live on
-                logger.exception("task %s: internal error in worker", job.id)
+                logger.exception(
+                    "task %s: internal error in worker", job.id, extra=task_extra(job.id)
+                )
             finally:
                 with self._lock:
                     self._running.discard(job.id)
@@ -243,7 +246,7 @@ class WorkerPool:
         try:
             self.on_abandon(job, reason)
         except Exception:
-            logger.exception("task %s: could not be marked lost", job.id)
+            logger.exception("task %s: could not be marked lost", job.id, extra=task_extra(job.id))
 
     def threads(self) -> Iterable[threading.Thread]:
         return tuple(self._threads) + ((self._heartbeat,) if self._heartbeat else ())

@@ -24,7 +24,7 @@ from .errors import StoreUnavailable
 from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
 from .stores.base import Store
 from .task import TaskRecord, TaskState
-from .tasklog import set_current_task_id
+from .tasklog import set_current_task_id, task_extra
 from .tracing import current_traceparent
 
 __all__ = ["Job", "TaskRunner"]
@@ -104,7 +104,11 @@ class Job:
             try:
                 self.runner.store.set_progress(self.id, fraction, message)
             except StoreUnavailable:
-                logger.warning("task %s: progress not recorded, store unavailable", self.id)
+                logger.warning(
+                    "task %s: progress not recorded, store unavailable",
+                    self.id,
+                    extra=task_extra(self.id),
+                )
 
     def is_cancelled(self) -> bool:
         """``environ["wsgi_deferred.cancelled"]``: True once the client cancelled the task."""
@@ -166,7 +170,9 @@ class TaskRunner:
                     claimed = self.store.claim(job.id, time.time() + self.lease_timeout)
                 except StoreUnavailable:
                     logger.error(
-                        "task %s: store unavailable, cannot start; lease will lapse", job.id
+                        "task %s: store unavailable, cannot start; lease will lapse",
+                        job.id,
+                        extra=task_extra(job.id),
                     )
                     claimed = False
                 if not claimed:  # cancelled (or marked lost) while queued
@@ -175,7 +181,7 @@ class TaskRunner:
                     return
             job.state = TaskState.RUNNING
             job.started = time.time()
-        logger.info("task %s: started %s", job.id, job.snapshot.label)
+        logger.info("task %s: started %s", job.id, job.snapshot.label, extra=task_extra(job.id))
         environ = job.snapshot.replay_environ(
             job.id,
             {
@@ -219,17 +225,28 @@ class TaskRunner:
             if response is not None:
                 headers = strip_hop_by_hop(response.headers)
                 if self.store.finish(job.id, response.status, headers, response.body, expires):
-                    logger.info("task %s: done, %s in %.3fs", job.id, response.status, elapsed)
+                    logger.info(
+                        "task %s: done, %s in %.3fs",
+                        job.id,
+                        response.status,
+                        elapsed,
+                        extra=task_extra(job.id),
+                    )
                     outcome = "done"
                 else:
                     logger.info(
-                        "task %s: finished after it was cancelled; result discarded", job.id
+                        "task %s: finished after it was cancelled; result discarded",
+                        job.id,
+                        extra=task_extra(job.id),
                     )
                     outcome = "cancelled"
             else:
                 assert exc_info is not None
                 logger.error(
-                    "task %s: the application raised; state failed", job.id, exc_info=exc_info
+                    "task %s: the application raised; state failed",
+                    job.id,
+                    exc_info=exc_info,
+                    extra=task_extra(job.id),
                 )
                 message = f"the application raised {exc_info[0].__name__}"
                 if self.debug:
@@ -240,7 +257,9 @@ class TaskRunner:
             if response is not None:
                 response.body.discard()
             logger.error(
-                "task %s: store unavailable, outcome not recorded; lease will lapse", job.id
+                "task %s: store unavailable, outcome not recorded; lease will lapse",
+                job.id,
+                extra=task_extra(job.id),
             )
             outcome = "lost"
         finally:
@@ -274,4 +293,4 @@ class TaskRunner:
                     return
         if attached and not job.done.is_set():
             self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
-            logger.warning("task %s: marked lost: %s", job.id, reason)
+            logger.warning("task %s: marked lost: %s", job.id, reason, extra=task_extra(job.id))
