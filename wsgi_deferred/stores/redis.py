@@ -42,7 +42,7 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import BinaryIO
 
 import redis
@@ -51,8 +51,8 @@ from redis.retry import Retry
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
-from ..task import TaskRecord, TaskState
-from .base import STALE_RETENTION, Store
+from ..task import TaskRecord, TaskState, is_task_id
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .redis_lua import PURGE_SCRIPT, SCRIPTS
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
@@ -73,6 +73,8 @@ BLOCK_SLICE = 5.0
 #: TTL of a record that has no lease at all, so that nothing leaks forever.
 UNLEASED_TTL = 24 * 3600.0
 PURGE_BATCH = 500
+#: Keys one SCAN call of list_tasks() asks for (a hint to Redis: one page of work).
+LIST_SCAN_COUNT = 500
 
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
@@ -293,6 +295,35 @@ class RedisStore(Store):
         if self._owns_client:  # a client handed in belongs to whoever made it
             self._redis.close()
 
+    # -- listing (Store.list_tasks) ------------------------------------------------------------
+
+    def list_tasks(
+        self, states: Collection[str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        # SCAN, never KEYS: each call walks one page, so Redis serves others in between.
+        # Each page's records are read with the "read" script (get()'s rules), pipelined.
+        match = _glob_escape(f"{self.prefix}task:") + "{*}"
+        start = len(f"{self.prefix}task:{{".encode())
+        seen: set[str] = set()  # SCAN may return a key more than once
+        records: list[TaskRecord] = []
+        cursor: int = 0
+        with _unavailable():
+            while len(seen) < LIST_SCAN_MAX:
+                cursor, keys = self._redis.scan(cursor, match=match, count=LIST_SCAN_COUNT)
+                ids = [k[start:-1].decode() for k in keys]
+                ids = [i for i in dict.fromkeys(ids) if i not in seen and is_task_id(i)]
+                seen.update(ids)
+                if ids:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for task_id in ids:
+                        self._run("read", task_id, pipe=pipe)
+                    for task_id, flat in zip(ids, pipe.execute(), strict=True):
+                        if flat:
+                            records.append(_decode(task_id, _fields(flat)))
+                if not cursor:
+                    break
+        return listed(records, states, limit, time.time())
+
 
 class _ChunkReader(io.RawIOBase):
     """Reads a body list one chunk at a time (LINDEX), holding one chunk in memory."""
@@ -359,3 +390,8 @@ def _decode(task_id: str, fields: dict[str, bytes]) -> TaskRecord:
     data["headers"] = json.loads(text["headers"]) if "headers" in text else None
     data["body_size"] = int(text["body_size"]) if "body_size" in text else None
     return TaskRecord.from_dict(data)
+
+
+def _glob_escape(text: str) -> str:
+    """*text* matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
