@@ -14,6 +14,7 @@ import pytest
 from werkzeug.test import Client
 
 from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred import metrics as metrics_module
 from wsgi_deferred.errors import ConfigurationError
 from wsgi_deferred.metrics import DURATION_BUCKETS, Metrics, render_prometheus
 
@@ -181,11 +182,28 @@ def test_render_prometheus_of_a_fresh_middleware_has_every_family(
 # -- the middleware's numbers follow real tasks -----------------------------------------------
 
 
+@pytest.fixture(params=["prometheus_client", "builtin"])
+def exporter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both endpoints: prometheus_client's (process-wide, so tests compare deltas) and the
+    dependency-free one served when prometheus_client is not installed."""
+    if request.param == "builtin":
+        monkeypatch.setattr(metrics_module, "load_exporter", lambda: None)
+    return str(request.param)
+
+
 def test_gauges_counters_and_durations_follow_tasks(
-    make: Callable[..., DeferredMiddleware], gate: GateApp
+    make: Callable[..., DeferredMiddleware], gate: GateApp, exporter: str
 ) -> None:
     middleware = make(workers=1, metrics_path="/_metrics")
+    assert (middleware.metrics.exporter is not None) == (exporter == "prometheus_client")
     client = Client(middleware)
+    # prometheus_client's histograms are per rule; the built-in endpoint has one histogram.
+    rule = '{rule="/work/<n>"}' if exporter == "prometheus_client" else ""
+    before = parse_prometheus(client.get("/_metrics").get_data(as_text=True))
+
+    def delta(samples: dict[str, float], key: str) -> float:
+        return samples[key] - before.get(key, 0)
+
     locations = []
     for n in range(3):
         accepted = client.post(f"/work/{n}", headers=JSON)
@@ -202,7 +220,8 @@ def test_gauges_counters_and_durations_follow_tasks(
     assert samples['wsgi_deferred_tasks{state="running"}'] == 1
     assert samples['wsgi_deferred_tasks{state="queued"}'] == 2
     assert samples["wsgi_deferred_queue_depth"] == 2
-    assert samples['wsgi_deferred_requests_total{event="deferred"}'] == 3
+    assert samples["wsgi_deferred_pending"] == 3
+    assert delta(samples, 'wsgi_deferred_requests_total{event="deferred"}') == 3
 
     time.sleep(0.3)  # the queued tasks wait at least this long for the one worker
     gate.release.set()
@@ -217,10 +236,15 @@ def test_gauges_counters_and_durations_follow_tasks(
     assert run["count"] == 3 and run["max"] >= 0.3
     assert waited["count"] == 3 and waited["max"] >= 0.3
     samples = parse_prometheus(client.get("/_metrics").get_data(as_text=True))
-    assert samples['wsgi_deferred_tasks_finished_total{state="done"}'] == 3
-    assert samples["wsgi_deferred_run_seconds_count"] == 3
-    assert samples['wsgi_deferred_wait_seconds_bucket{le="0.25"}'] <= 1  # two waited longer
+    assert delta(samples, 'wsgi_deferred_tasks_finished_total{state="done"}') == 3
+    assert delta(samples, f"wsgi_deferred_run_seconds_count{rule}") == 3
+    labels = 'le="0.25"' + (f",{rule[1:-1]}" if rule else "")  # prometheus_client: le first
+    wait_bucket = f"wsgi_deferred_wait_seconds_bucket{{{labels}}}"
+    assert delta(samples, wait_bucket) <= 1  # two waited longer
+    assert delta(samples, f"wsgi_deferred_wait_seconds_count{rule}") == 3
     assert samples["wsgi_deferred_queue_depth"] == 0
+    assert samples['wsgi_deferred_tasks{state="running"}'] == 0
+    assert samples["wsgi_deferred_pending"] == 0
 
 
 def test_failed_and_cancelled_tasks_are_counted_once(

@@ -115,7 +115,7 @@ class DeferredMiddleware:
         )
         #: Path of the Prometheus text endpoint, off (None) by default.
         self.metrics_path = metrics_path
-        self.metrics = Metrics()
+        self.metrics = Metrics(prometheus=metrics_path is not None)
         self._store_option = store
         self._store: Store | None = open_store(store) if store is not None else None
         self._store_lock = threading.Lock()
@@ -140,6 +140,7 @@ class DeferredMiddleware:
             on_abandon=self.runner.abandon,
             drain_timeout=drain_timeout,
         )
+        self.pool.on_change = self.metrics.watch(self.pool)  # Prometheus gauges, if on
         self.status = StatusEndpoint(
             self.get_store,
             max_wait=self.max_wait,
@@ -241,6 +242,8 @@ class DeferredMiddleware:
         job = Job(
             self.runner, new_task_id(), snapshot, owner=owner, client_key=client_key, attached=False
         )
+        if self.metrics.exporter is not None:
+            job.rule = self._rule_label(environ, asked_async)
         if wait <= 0:
             try:
                 self.runner.attach(job)
@@ -354,12 +357,18 @@ class DeferredMiddleware:
             job.cancel_flag.set()  # type: ignore[attr-defined]
         self.metrics.incr("cancelled")
 
+    def _rule_label(self, environ: dict[str, Any], asked_async: bool) -> str:
+        """What deferred the request, as a bounded metrics label (never the raw path)."""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        rule = self.routes.rule_for(method, environ.get("PATH_INFO", ""))
+        return rule or ("Prefer: respond-async" if asked_async else "defer_after")
+
     def _finished(self, job: Job, outcome: str, elapsed: float) -> None:
         if outcome != "cancelled":  # a cancel is counted once, where it is accepted
             self.metrics.incr(outcome)
-        self.metrics.observe("run_seconds", elapsed)
+        self.metrics.observe("run_seconds", elapsed, job.rule)
         if job.started is not None:
-            self.metrics.observe("wait_seconds", job.started - job.created)
+            self.metrics.observe("wait_seconds", job.started - job.created, job.rule)
         if time.monotonic() - self._last_purge > PURGE_INTERVAL:
             self._last_purge = time.monotonic()
             with contextlib.suppress(StoreUnavailable):

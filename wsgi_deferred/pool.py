@@ -67,6 +67,7 @@ class WorkerPool:
         on_abandon: Callable[[PoolJob, str], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         name: str = "wsgi-deferred",
+        on_change: Callable[[WorkerPool], None] | None = None,
     ) -> None:
         self.workers = workers
         self.max_pending = max_pending
@@ -76,6 +77,9 @@ class WorkerPool:
         self.on_abandon = on_abandon
         self.drain_timeout = drain_timeout
         self.name = name
+        #: Called (outside the lock) after ``pending`` or ``running`` changed: metrics.py
+        #: sets its gauges there (prometheus_client's multiprocess mode reads no callbacks).
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._reset()
         self._pid = os.getpid()
@@ -127,12 +131,14 @@ class WorkerPool:
                     raise ClientLimit(f"this client already has {limit} pending tasks")
                 self._per_client[client_key] = self._per_client.get(client_key, 0) + 1
             self._reserved += 1
+        self._changed()
 
     def release(self, client_key: str | None = None) -> None:
         """Give back a reservation that was not submitted."""
         with self._lock:
             self._reserved = max(0, self._reserved - 1)
             self._forget_client(client_key)
+        self._changed()
 
     def _forget_client(self, client_key: str | None) -> None:
         if client_key is not None and client_key in self._per_client:
@@ -149,6 +155,7 @@ class WorkerPool:
             self._jobs[job.id] = job
             self._start_threads()
         self._queue.put(job)
+        self._changed()
 
     def _start_threads(self) -> None:
         while len(self._threads) < self.workers:
@@ -184,6 +191,7 @@ class WorkerPool:
                     # when on_abandon does not tell the job itself.
                     continue
                 self._running.add(job.id)
+            self._changed()
             try:
                 job.run()
             except BaseException:  # run() handles app errors; this is a bug in us: live on
@@ -195,6 +203,14 @@ class WorkerPool:
                     self._running.discard(job.id)
                     self._jobs.pop(job.id, None)
                     self._forget_client(job.client_key)
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # metrics must never cost a task
+                logger.exception("pool change hook failed")
 
     def _beat(self) -> None:
         while not self._wake.wait(self.heartbeat_interval):
@@ -225,6 +241,7 @@ class WorkerPool:
                 self._jobs.pop(job.id, None)
         for job in waiting:
             self._abandon(job, "the server process stopped before this task started")
+        self._changed()
         for _ in threads:
             self._queue.put(_STOP)
         deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)

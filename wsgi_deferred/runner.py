@@ -71,6 +71,8 @@ class Job:
         # (trace context, see tracing.py), and the traceparent outlives this process.
         self.context = contextvars.copy_context()
         self.traceparent = current_traceparent()
+        #: The rule that deferred it: the ``rule`` label of the duration histograms.
+        self.rule = "-"
 
     def run(self) -> None:
         self.runner.run(self)
