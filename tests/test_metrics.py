@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -345,3 +347,58 @@ def test_every_log_line_about_a_task_names_its_id(
         assert sum(task_id in line for line in about_tasks) >= 2
     failed = [r for r in caplog.records if ids[1] in r.getMessage() and r.exc_info]
     assert failed, "the failure's traceback is logged with its task id"
+
+
+# -- prometheus_client: the default registry, and the endpoint without it ---------------------
+
+
+def test_our_metrics_are_in_the_default_registry(
+    make: Callable[..., DeferredMiddleware], gate: GateApp
+) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    gate.release.set()
+    middleware = make(metrics_path="/_metrics")
+    client = Client(middleware)
+
+    def app_metrics() -> dict[str, float]:  # what an app's own /metrics would expose
+        return parse_prometheus(prometheus_client.generate_latest().decode())
+
+    before = app_metrics()
+    accepted = client.post("/work/1", headers=JSON)
+    assert final(client, accepted.headers["Location"]).status_code == 200
+    wait_until(lambda: middleware.stats()["pending"] == 0)
+    after = app_metrics()
+    key = 'wsgi_deferred_requests_total{event="deferred"}'
+    assert after[key] - before.get(key, 0) == 1
+    run = 'wsgi_deferred_run_seconds_count{rule="/work/<n>"}'
+    assert after[run] - before.get(run, 0) == 1
+    assert "process_cpu_seconds_total" in client.get("/_metrics").get_data(as_text=True)
+
+
+NO_PROMETHEUS = """
+import sys
+sys.modules["prometheus_client"] = None  # as if it were not installed
+from werkzeug.test import Client
+from wsgi_deferred import DeferredMiddleware
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+middleware = DeferredMiddleware(app, routes=["/x"], store="memory://", metrics_path="/m")
+assert middleware.metrics.exporter is None
+response = Client(middleware).get("/m")
+assert response.status_code == 200, response.status
+assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+sys.stdout.write(response.get_data(as_text=True))
+middleware.close(1)
+"""
+
+
+def test_without_prometheus_client_the_endpoint_is_per_process_text() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_PROMETHEUS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    samples = parse_prometheus(result.stdout)
+    assert samples['wsgi_deferred_tasks_finished_total{state="done"}'] == 0
+    assert samples["wsgi_deferred_run_seconds_count"] == 0  # no rule label: the built-in one
+    assert not any(name.startswith("python_") for name in samples)

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -118,7 +119,8 @@ def gunicorn_settings(args: argparse.Namespace, options: dict[str, Any]) -> dict
     if args.gunicorn_graceful_timeout is not None:
         settings["graceful_timeout"] = args.gunicorn_graceful_timeout
     elif drain is not None:
-        settings["graceful_timeout"] = drain + GRACE_MARGIN
+        # Whole seconds: gunicorn's validator takes an int or a string, never a float.
+        settings["graceful_timeout"] = math.ceil(drain + GRACE_MARGIN)
     if args.gunicorn_access_log:
         settings["accesslog"] = args.gunicorn_access_log
     return settings
