@@ -356,6 +356,7 @@ def test_our_metrics_are_in_the_default_registry(
     make: Callable[..., DeferredMiddleware], gate: GateApp
 ) -> None:
     import prometheus_client  # in the test extra: missing must fail, not skip
+
     gate.release.set()
     middleware = make(metrics_path="/_metrics")
     client = Client(middleware)
@@ -402,3 +403,22 @@ def test_without_prometheus_client_the_endpoint_is_per_process_text() -> None:
     assert samples['wsgi_deferred_tasks_finished_total{state="done"}'] == 0
     assert samples["wsgi_deferred_run_seconds_count"] == 0  # no rule label: the built-in one
     assert not any(name.startswith("python_") for name in samples)
+
+
+IMPORTS = """
+import sys
+from wsgi_deferred import DeferredMiddleware
+app = lambda environ, start_response: []
+DeferredMiddleware(app, routes=["/x"], store="memory://").close(1)
+print("prometheus_client" in sys.modules, "opentelemetry" in sys.modules)
+DeferredMiddleware(app, routes=["/x"], store="memory://", metrics_path="/m").close(1)
+print("prometheus_client" in sys.modules, "opentelemetry" in sys.modules)
+"""
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_on() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["False False", "True False"]

@@ -93,6 +93,18 @@ def wait_for(server: Gunicorn, key: str, value: float) -> None:
         time.sleep(0.2)
 
 
+def runner_of(server: Gunicorn, location: str) -> int:
+    """The pid of the worker running a /sleep task (it reports "pid=<pid>" as progress)."""
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        status = http_request(server.port, "GET", location, headers={"Accept": "application/json"})
+        message = str(status.json().get("message") or "")  # type: ignore[union-attr]
+        if message.startswith("pid="):
+            return int(message.removeprefix("pid="))
+        assert time.monotonic() < deadline, status.body
+        time.sleep(0.05)
+
+
 def check_deployment(server: Gunicorn) -> None:
     workers = server.workers
     pids = run_jobs(server.port, JOBS)
@@ -107,25 +119,19 @@ def check_deployment(server: Gunicorn) -> None:
         assert accepted.status == 202
         sleepers.append(accepted.headers["location"])
     wait_for(server, RUNNING, 4)
-    runner = None
-    deadline = time.monotonic() + PATIENCE
-    while runner is None:  # the worker running the first sleeper reports "pid=<pid>"
-        status = http_request(
-            server.port, "GET", sleepers[0], headers={"Accept": "application/json"}
-        )
-        message = str(status.json().get("message") or "")  # type: ignore[union-attr]
-        runner = int(message.removeprefix("pid=")) if message.startswith("pid=") else None
-        assert time.monotonic() < deadline, status.body
-        time.sleep(0.05)
-    assert runner in server.worker_pids()
+    runs_in = [runner_of(server, location) for location in sleepers]  # worker pids
+    # Prefer a worker that also ran some of the jobs: its counts must outlive it.
+    victim = next((pid for pid in runs_in if str(pid) in pids), runs_in[0])
+    assert victim in server.worker_pids()
+    survivors = [loc for loc, pid in zip(sleepers, runs_in, strict=True) if pid != victim]
 
-    os.kill(runner, signal.SIGKILL)  # no goodbye: counters must survive, gauges must not
-    wait_respawn(server, runner, workers)
+    os.kill(victim, signal.SIGKILL)  # no goodbye: counters must survive, gauges must not
+    wait_respawn(server, victim, workers)
     before = scrape(server.port)
     assert before[DEFERRED] == JOBS + 4 and before[DONE] == JOBS
     # gunicorn calls child_exit when it reaps the dead worker, before it spawns the new one:
     # the dead worker's live gauge is gone from every scrape by now.
-    assert all_scrapes(server.port, RUNNING) == [3.0] * SCRAPES
+    assert all_scrapes(server.port, RUNNING) == [float(len(survivors))] * SCRAPES
 
     more = run_jobs(server.port, 10)
     assert more
@@ -133,7 +139,7 @@ def check_deployment(server: Gunicorn) -> None:
         expected = JOBS + 10 + (4 if key == DEFERRED else 0)
         seen = all_scrapes(server.port, key)
         assert seen == [expected] * SCRAPES, (key, seen)
-    for location in sleepers[1:]:
+    for location in survivors:
         assert http_request(server.port, "DELETE", location).status in (202, 204)
     wait_for(server, RUNNING, 0)
 
