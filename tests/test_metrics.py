@@ -4,12 +4,14 @@ Prometheus text endpoint (``metrics_path``, off by default), and task ids in log
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,3 +424,19 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["False False", "True False"]
+
+
+def test_a_multiprocess_directory_that_does_not_exist_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "from wsgi_deferred import DeferredMiddleware\n"
+        "DeferredMiddleware(lambda e, s: [], store='memory://', metrics_path='/m')\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wsgi_deferred.errors.ConfigurationError: PROMETHEUS_MULTIPROC_DIR=")

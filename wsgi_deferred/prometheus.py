@@ -39,6 +39,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from .errors import ConfigurationError
+
 __all__ = [
     "KNOWN_EVENTS",
     "MULTIPROC_ENV",
@@ -181,5 +183,11 @@ def metrics_for_process() -> PrometheusMetrics:
     global _instance
     with _instance_lock:
         if _instance is None:
+            directory = os.environ.get(MULTIPROC_ENV)
+            if directory and not os.path.isdir(directory):
+                raise ConfigurationError(
+                    f"{MULTIPROC_ENV}={directory!r} is not a directory: create it (empty) "
+                    "before the server starts, or unset it"
+                )
             _instance = PrometheusMetrics()
         return _instance
