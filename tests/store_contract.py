@@ -405,3 +405,85 @@ class StoreContract:
         assert store.client_slots(client) == 3
         for task_id in won:
             store.release_slot(client, task_id)
+
+
+# -- listing (Store.list_tasks: the operator's view) ----------------------------------------------
+
+
+class ListingContract:
+    """Contract of :meth:`Store.list_tasks`; mixed into :class:`StoreContract`."""
+
+    def test_list_newest_first_with_limit(self, store: Store) -> None:
+        now = time.time()
+        records = [new_record(created=now - 60 + n, label=f"GET /t/{n}") for n in range(5)]
+        for record in records:
+            store.create(record)
+        listed = store.list_tasks()
+        assert [r.id for r in listed] == [r.id for r in reversed(records)]
+        assert [r.label for r in listed] == [f"GET /t/{n}" for n in (4, 3, 2, 1, 0)]
+        assert all(r.state is TaskState.QUEUED for r in listed)
+        assert [r.id for r in store.list_tasks(limit=2)] == [records[4].id, records[3].id]
+        assert store.list_tasks(limit=0) == []
+
+    def test_list_filters_by_state(self, store: Store) -> None:
+        queued, running, done, failed, cancelled = (new_record() for _ in range(5))
+        for record in (queued, running, done, failed, cancelled):
+            store.create(record)
+        for record in (running, done, failed, cancelled):
+            assert store.claim(record.id, time.time() + 30)
+        store.set_progress(running.id, 0.25, "a quarter")
+        assert store.finish(done.id, "200 OK", [("A", "b")], body_of(b"x"), time.time() + HOUR)
+        assert store.fail(failed.id, "failed", "boom", time.time() + HOUR)
+        assert store.cancel(cancelled.id)
+
+        def ids(*states: str) -> set[str]:
+            return {r.id for r in store.list_tasks(states=states)}
+
+        assert ids("queued") == {queued.id}
+        assert ids("running") == {running.id}
+        assert ids("done", "failed") == {done.id, failed.id}
+        assert ids("cancelled") == {cancelled.id}
+        assert ids() == set()
+        assert {r.id for r in store.list_tasks()} == {
+            queued.id, running.id, done.id, failed.id, cancelled.id
+        }  # fmt: skip
+        (progress,) = store.list_tasks(states=["running"])
+        assert (progress.progress, progress.message) == (0.25, "a quarter")
+        assert progress.started is not None
+
+    def test_list_reports_lapsed_leases_lost_and_skips_expired(self, store: Store) -> None:
+        lapsing, expiring, live = new_record(), new_record(), new_record()
+        for record in (lapsing, expiring, live):
+            store.create(record)
+        store.claim(lapsing.id, time.time() + 0.2)
+        store.claim(expiring.id, time.time() + 30)
+        store.finish(expiring.id, "200 OK", [], body_of(b"x"), time.time() + 0.2)
+        time.sleep(0.4)
+        listed = {r.id: r for r in store.list_tasks()}
+        assert set(listed) == {lapsing.id, live.id}
+        assert listed[lapsing.id].state is TaskState.LOST
+        assert {r.id for r in store.list_tasks(states=["lost"])} == {lapsing.id}
+        assert store.list_tasks(states=["running"]) == []
+
+    def test_list_hands_out_copies(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        (first,) = store.list_tasks()
+        first.state, first.label = TaskState.DONE, "changed"
+        (again,) = store.list_tasks()
+        assert again.state is TaskState.QUEUED and again.label is None
+
+    def test_list_many_tasks_pages_through_everything(self, store: Store) -> None:
+        created = set()
+        for _ in range(1200):  # more than one Redis SCAN page
+            record = new_record()
+            store.create(record)
+            created.add(record.id)
+        assert {r.id for r in store.list_tasks(limit=5000)} == created
+        assert len(store.list_tasks()) == 1000  # DEFAULT_LIST_LIMIT
+
+
+# Every backend's suite runs these too (this block stays apart from the tests above).
+for _name, _test in vars(ListingContract).items():
+    if _name.startswith("test_"):
+        setattr(StoreContract, _name, _test)

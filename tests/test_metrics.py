@@ -4,16 +4,21 @@ Prometheus text endpoint (``metrics_path``, off by default), and task ids in log
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.test import Client
 
 from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred import metrics as metrics_module
 from wsgi_deferred.errors import ConfigurationError
 from wsgi_deferred.metrics import DURATION_BUCKETS, Metrics, render_prometheus
 
@@ -181,11 +186,28 @@ def test_render_prometheus_of_a_fresh_middleware_has_every_family(
 # -- the middleware's numbers follow real tasks -----------------------------------------------
 
 
+@pytest.fixture(params=["prometheus_client", "builtin"])
+def exporter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both endpoints: prometheus_client's (process-wide, so tests compare deltas) and the
+    dependency-free one served when prometheus_client is not installed."""
+    if request.param == "builtin":
+        monkeypatch.setattr(metrics_module, "load_exporter", lambda: None)
+    return str(request.param)
+
+
 def test_gauges_counters_and_durations_follow_tasks(
-    make: Callable[..., DeferredMiddleware], gate: GateApp
+    make: Callable[..., DeferredMiddleware], gate: GateApp, exporter: str
 ) -> None:
     middleware = make(workers=1, metrics_path="/_metrics")
+    assert (middleware.metrics.exporter is not None) == (exporter == "prometheus_client")
     client = Client(middleware)
+    # prometheus_client's histograms are per rule; the built-in endpoint has one histogram.
+    rule = '{rule="/work/<n>"}' if exporter == "prometheus_client" else ""
+    before = parse_prometheus(client.get("/_metrics").get_data(as_text=True))
+
+    def delta(samples: dict[str, float], key: str) -> float:
+        return samples[key] - before.get(key, 0)
+
     locations = []
     for n in range(3):
         accepted = client.post(f"/work/{n}", headers=JSON)
@@ -202,7 +224,8 @@ def test_gauges_counters_and_durations_follow_tasks(
     assert samples['wsgi_deferred_tasks{state="running"}'] == 1
     assert samples['wsgi_deferred_tasks{state="queued"}'] == 2
     assert samples["wsgi_deferred_queue_depth"] == 2
-    assert samples['wsgi_deferred_requests_total{event="deferred"}'] == 3
+    assert samples["wsgi_deferred_pending"] == 3
+    assert delta(samples, 'wsgi_deferred_requests_total{event="deferred"}') == 3
 
     time.sleep(0.3)  # the queued tasks wait at least this long for the one worker
     gate.release.set()
@@ -217,10 +240,15 @@ def test_gauges_counters_and_durations_follow_tasks(
     assert run["count"] == 3 and run["max"] >= 0.3
     assert waited["count"] == 3 and waited["max"] >= 0.3
     samples = parse_prometheus(client.get("/_metrics").get_data(as_text=True))
-    assert samples['wsgi_deferred_tasks_finished_total{state="done"}'] == 3
-    assert samples["wsgi_deferred_run_seconds_count"] == 3
-    assert samples['wsgi_deferred_wait_seconds_bucket{le="0.25"}'] <= 1  # two waited longer
+    assert delta(samples, 'wsgi_deferred_tasks_finished_total{state="done"}') == 3
+    assert delta(samples, f"wsgi_deferred_run_seconds_count{rule}") == 3
+    labels = 'le="0.25"' + (f",{rule[1:-1]}" if rule else "")  # prometheus_client: le first
+    wait_bucket = f"wsgi_deferred_wait_seconds_bucket{{{labels}}}"
+    assert delta(samples, wait_bucket) <= 1  # two waited longer
+    assert delta(samples, f"wsgi_deferred_wait_seconds_count{rule}") == 3
     assert samples["wsgi_deferred_queue_depth"] == 0
+    assert samples['wsgi_deferred_tasks{state="running"}'] == 0
+    assert samples["wsgi_deferred_pending"] == 0
 
 
 def test_failed_and_cancelled_tasks_are_counted_once(
@@ -321,3 +349,94 @@ def test_every_log_line_about_a_task_names_its_id(
         assert sum(task_id in line for line in about_tasks) >= 2
     failed = [r for r in caplog.records if ids[1] in r.getMessage() and r.exc_info]
     assert failed, "the failure's traceback is logged with its task id"
+
+
+# -- prometheus_client: the default registry, and the endpoint without it ---------------------
+
+
+def test_our_metrics_are_in_the_default_registry(
+    make: Callable[..., DeferredMiddleware], gate: GateApp
+) -> None:
+    import prometheus_client  # in the test extra: missing must fail, not skip
+
+    gate.release.set()
+    middleware = make(metrics_path="/_metrics")
+    client = Client(middleware)
+
+    def app_metrics() -> dict[str, float]:  # what an app's own /metrics would expose
+        return parse_prometheus(prometheus_client.generate_latest().decode())
+
+    before = app_metrics()
+    accepted = client.post("/work/1", headers=JSON)
+    assert final(client, accepted.headers["Location"]).status_code == 200
+    wait_until(lambda: middleware.stats()["pending"] == 0)
+    after = app_metrics()
+    key = 'wsgi_deferred_requests_total{event="deferred"}'
+    assert after[key] - before.get(key, 0) == 1
+    run = 'wsgi_deferred_run_seconds_count{rule="/work/<n>"}'
+    assert after[run] - before.get(run, 0) == 1
+    assert "process_cpu_seconds_total" in client.get("/_metrics").get_data(as_text=True)
+
+
+NO_PROMETHEUS = """
+import sys
+sys.modules["prometheus_client"] = None  # as if it were not installed
+from werkzeug.test import Client
+from wsgi_deferred import DeferredMiddleware
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+middleware = DeferredMiddleware(app, routes=["/x"], store="memory://", metrics_path="/m")
+assert middleware.metrics.exporter is None
+response = Client(middleware).get("/m")
+assert response.status_code == 200, response.status
+assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+sys.stdout.write(response.get_data(as_text=True))
+middleware.close(1)
+"""
+
+
+def test_without_prometheus_client_the_endpoint_is_per_process_text() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_PROMETHEUS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    samples = parse_prometheus(result.stdout)
+    assert samples['wsgi_deferred_tasks_finished_total{state="done"}'] == 0
+    assert samples["wsgi_deferred_run_seconds_count"] == 0  # no rule label: the built-in one
+    assert not any(name.startswith("python_") for name in samples)
+
+
+IMPORTS = """
+import sys
+from wsgi_deferred import DeferredMiddleware
+app = lambda environ, start_response: []
+DeferredMiddleware(app, routes=["/x"], store="memory://").close(1)
+print("prometheus_client" in sys.modules, "opentelemetry" in sys.modules)
+DeferredMiddleware(app, routes=["/x"], store="memory://", metrics_path="/m").close(1)
+print("prometheus_client" in sys.modules, "opentelemetry" in sys.modules)
+"""
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_on() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["False False", "True False"]
+
+
+def test_a_multiprocess_directory_that_does_not_exist_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "from wsgi_deferred import DeferredMiddleware\n"
+        "DeferredMiddleware(lambda e, s: [], store='memory://', metrics_path='/m')\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wsgi_deferred.errors.ConfigurationError: PROMETHEUS_MULTIPROC_DIR=")

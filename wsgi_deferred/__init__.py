@@ -12,14 +12,17 @@ from .factory import wrap
 from .middleware import DeferredMiddleware
 from .stores.base import Store
 from .task import TaskRecord, TaskState
+from .tasklog import TaskIdFilter, current_task_id
 
 __all__ = [
     "DeferredError",
     "DeferredMiddleware",
     "Store",
     "StoreUnavailable",
+    "TaskIdFilter",
     "TaskRecord",
     "TaskState",
+    "current_task_id",
     "wrap",
 ]
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ from .buffers import SPOOL_THRESHOLD, SpooledBody
 from .errors import DeferredError
 from .hop_by_hop import hop_by_hop_fields, is_hop_by_hop, variable_field_name
 from .sanitize import log_safe
+from .tasklog import task_extra
 
 __all__ = ["BodyError", "ChainedInput", "RequestSnapshot", "capture_request"]
 
@@ -235,7 +236,7 @@ class LogStream:
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
-            self._log("task %s: %s", self.task_id, log_safe(line))
+            self._log("task %s: %s", self.task_id, log_safe(line), extra=task_extra(self.task_id))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -243,5 +244,7 @@ class LogStream:
 
     def flush(self) -> None:
         if self._pending:
-            self._log("task %s: %s", self.task_id, log_safe(self._pending))
+            self._log(
+                "task %s: %s", self.task_id, log_safe(self._pending), extra=task_extra(self.task_id)
+            )
             self._pending = ""

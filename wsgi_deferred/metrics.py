@@ -1,6 +1,8 @@
-"""Counters, duration histograms and gauges about tasks, for one middleware in one process.
+"""Counters, duration histograms and gauges about tasks.
 
-Read them from :meth:`DeferredMiddleware.stats`::
+Two views of the same events:
+
+* :meth:`DeferredMiddleware.stats` -- dependency-free, for one middleware in one process::
 
     {
       "counters": {"deferred": 12, "done": 10, "failed": 1, "cancelled": 1, ...},
@@ -10,9 +12,12 @@ Read them from :meth:`DeferredMiddleware.stats`::
       "queued": 1,    # waiting for a free worker thread (the queue depth)
     }
 
-or, when ``metrics_path`` is set, as Prometheus text at that path (:func:`render_prometheus`).
-Counters count since the process started; in a multi-process server each worker process has
-its own, which Prometheus sums across the ``instance``/pid series it scrapes.
+* the ``metrics_path`` endpoint (off by default). With ``prometheus_client`` installed
+  (``pip install wsgi_deferred[prometheus]``) it is the whole deployment: see
+  :mod:`wsgi_deferred.prometheus` (multiprocess mode under gunicorn, the default registry,
+  histograms per rule). Without it, the endpoint renders :meth:`stats` itself
+  (:func:`render_prometheus`): numbers of the one process that answered the scrape, so under
+  several worker processes successive scrapes disagree; install prometheus_client there.
 
 Counter names (events): ``deferred`` (answered 202), ``inline`` (raced or ``Prefer: wait`` and
 finished in time), ``done``/``failed``/``lost`` (how tasks run here ended), ``cancelled``
@@ -30,9 +35,12 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DURATION_BUCKETS", "Metrics", "render_prometheus"]
+if TYPE_CHECKING:
+    from .prometheus import PrometheusMetrics
+
+__all__ = ["DURATION_BUCKETS", "Metrics", "load_exporter", "render_prometheus"]
 
 #: Upper bounds (seconds) of the duration histogram buckets: from a fast inline answer to the
 #: tens of minutes a deferred export may take.
@@ -71,26 +79,38 @@ class _Histogram:
 
 
 class Metrics:
-    """Thread-safe event counters and duration histograms."""
+    """Thread-safe event counters and duration histograms; with *prometheus*, also fed to
+    prometheus_client when it is installed (:attr:`exporter`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prometheus: bool = False) -> None:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._histograms: dict[str, _Histogram] = {}
+        #: This process's prometheus_client metrics, or None (off, or not installed).
+        self.exporter: PrometheusMetrics | None = load_exporter() if prometheus else None
 
     def incr(self, name: str, amount: int = 1) -> None:
         """Count *amount* more of event *name*."""
         with self._lock:
             self.counters[name] += amount
+        if self.exporter is not None:
+            self.exporter.incr(name, amount)
 
-    def observe(self, name: str, seconds: float) -> None:
-        """Record one duration under *name* (e.g. ``run_seconds``)."""
+    def observe(self, name: str, seconds: float, rule: str = "-") -> None:
+        """Record one duration under *name* (e.g. ``run_seconds``) for *rule* (the rule that
+        deferred the task: a label of the Prometheus histogram only)."""
         seconds = max(0.0, float(seconds))
         with self._lock:
             histogram = self._histograms.get(name)
             if histogram is None:
                 histogram = self._histograms[name] = _Histogram()
             histogram.add(seconds)
+        if self.exporter is not None:
+            self.exporter.observe(name, seconds, rule)
+
+    def watch(self, pool: Any) -> Callable[[Any], None] | None:
+        """The ``on_change`` hook that keeps the Prometheus gauges of *pool* (or None)."""
+        return self.exporter.watch(pool) if self.exporter is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """``{"counters": {...}, "durations": {name: {count, sum, max, buckets}}}``; buckets
@@ -117,17 +137,30 @@ class Metrics:
                 ],
             )
             return [body]
-        body = render_prometheus(stats).encode()
+        if self.exporter is not None:
+            body, content_type = self.exporter.render()
+        else:
+            body, content_type = render_prometheus(stats).encode(), _PROMETHEUS_TYPE
         start_response(
             "200 OK",
             [
-                ("Content-Type", _PROMETHEUS_TYPE),
+                ("Content-Type", content_type),
                 ("Content-Length", str(len(body))),
                 ("Cache-Control", "no-store"),
                 ("X-Content-Type-Options", "nosniff"),
             ],
         )
         return [] if method == "HEAD" else [body]
+
+
+def load_exporter() -> PrometheusMetrics | None:
+    """This process's prometheus_client metrics, or None when it is not installed (the
+    endpoint then serves :func:`render_prometheus`, per process)."""
+    try:
+        from .prometheus import metrics_for_process
+    except ImportError:
+        return None
+    return metrics_for_process()
 
 
 def _number(value: float) -> str:

@@ -38,6 +38,7 @@ from .sanitize import url_prefix
 from .status import StatusEndpoint, respond
 from .stores import Store, default_store_url, open_store
 from .task import TaskState, is_task_id, new_task_id
+from .tasklog import task_extra
 
 __all__ = ["DeferredMiddleware"]
 
@@ -116,7 +117,7 @@ class DeferredMiddleware:
         )
         #: Path of the Prometheus text endpoint, off (None) by default.
         self.metrics_path = metrics_path
-        self.metrics = Metrics()
+        self.metrics = Metrics(prometheus=metrics_path is not None)
         self._store_option = store
         self._store: Store | None = open_store(store) if store is not None else None
         self._store_lock = threading.Lock()
@@ -147,6 +148,7 @@ class DeferredMiddleware:
             drain_timeout=drain_timeout,
             on_release=self._release_slot,
         )
+        self.pool.on_change = self.metrics.watch(self.pool)  # Prometheus gauges, if on
         self.status = StatusEndpoint(
             self.get_store,
             max_wait=self.max_wait,
@@ -258,6 +260,8 @@ class DeferredMiddleware:
         job = Job(
             self.runner, task_id, snapshot, owner=owner, client_key=client_key, attached=False
         )
+        if self.metrics.exporter is not None:
+            job.rule = self._rule_label(environ, asked_async)
         if wait <= 0:
             # A client slot (counted in the store, for the deployment) before the task
             # exists; a job that may finish inline takes one only if it is handed over.
@@ -282,7 +286,7 @@ class DeferredMiddleware:
             if not self._hand_over_after(job, wait, store):
                 return self._inline(job, environ, start_response)
         self.metrics.incr("deferred")
-        logger.info("task %s: deferred %s", job.id, snapshot.label)
+        logger.info("task %s: deferred %s", job.id, snapshot.label, extra=task_extra(job.id))
         extra = [("Preference-Applied", "respond-async")] if asked_async else []
         with job.lock:
             record = job.record()
@@ -308,7 +312,11 @@ class DeferredMiddleware:
                 self.metrics.incr("inline_client_limit")
             except StoreUnavailable:
                 self.admission.release(store, job.id)
-                logger.warning("task %s: store unavailable, answering inline instead", job.id)
+                logger.warning(
+                    "task %s: store unavailable, answering inline instead",
+                    job.id,
+                    extra=task_extra(job.id),
+                )
         job.done.wait()  # nothing better to do than what the app would have done inline
         return False
 
@@ -403,12 +411,18 @@ class DeferredMiddleware:
             job.cancel_flag.set()  # type: ignore[attr-defined]
         self.metrics.incr("cancelled")
 
+    def _rule_label(self, environ: dict[str, Any], asked_async: bool) -> str:
+        """What deferred the request, as a bounded metrics label (never the raw path)."""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        rule = self.routes.rule_for(method, environ.get("PATH_INFO", ""))
+        return rule or ("Prefer: respond-async" if asked_async else "defer_after")
+
     def _finished(self, job: Job, outcome: str, elapsed: float) -> None:
         if outcome != "cancelled":  # a cancel is counted once, where it is accepted
             self.metrics.incr(outcome)
-        self.metrics.observe("run_seconds", elapsed)
+        self.metrics.observe("run_seconds", elapsed, job.rule)
         if job.started is not None:
-            self.metrics.observe("wait_seconds", job.started - job.created)
+            self.metrics.observe("wait_seconds", job.started - job.created, job.rule)
         if time.monotonic() - self._last_purge > PURGE_INTERVAL:
             self._last_purge = time.monotonic()
             with contextlib.suppress(StoreUnavailable):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .errors import PoolFull
+from .tasklog import task_extra
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "ClientLimit", "PoolJob", "WorkerPool"]
 
@@ -67,6 +68,7 @@ class WorkerPool:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         on_release: Callable[[PoolJob], None] | None = None,
         name: str = "wsgi-deferred",
+        on_change: Callable[[WorkerPool], None] | None = None,
     ) -> None:
         self.workers = workers
         self.max_pending = max_pending
@@ -79,6 +81,9 @@ class WorkerPool:
         #: skipped, abandoned): gives back what admission took for it (docs/security.md).
         self.on_release = on_release
         self.name = name
+        #: Called (outside the lock) after ``pending`` or ``running`` changed: metrics.py
+        #: sets its gauges there (prometheus_client's multiprocess mode reads no callbacks).
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._reset()
         self._pid = os.getpid()
@@ -130,12 +135,14 @@ class WorkerPool:
                     raise ClientLimit(f"this client already has {limit} pending tasks")
                 self._per_client[client_key] = self._per_client.get(client_key, 0) + 1
             self._reserved += 1
+        self._changed()
 
     def release(self, client_key: str | None = None) -> None:
         """Give back a reservation that was not submitted."""
         with self._lock:
             self._reserved = max(0, self._reserved - 1)
             self._forget_client(client_key)
+        self._changed()
 
     def _forget_client(self, client_key: str | None) -> None:
         if client_key is not None and client_key in self._per_client:
@@ -152,6 +159,7 @@ class WorkerPool:
             self._jobs[job.id] = job
             self._start_threads()
         self._queue.put(job)
+        self._changed()
 
     def _start_threads(self) -> None:
         while len(self._threads) < self.workers:
@@ -187,16 +195,27 @@ class WorkerPool:
                     # when on_abandon does not tell the job itself.
                     continue
                 self._running.add(job.id)
+            self._changed()
             try:
                 job.run()
             except BaseException:  # run() handles app errors; this is a bug in us: live on
-                logger.exception("task %s: internal error in worker", job.id)
+                logger.exception(
+                    "task %s: internal error in worker", job.id, extra=task_extra(job.id)
+                )
             finally:
                 with self._lock:
                     self._running.discard(job.id)
                     self._jobs.pop(job.id, None)
                     self._forget_client(job.client_key)
                 self._released(job)
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # metrics must never cost a task
+                logger.exception("pool change hook failed")
 
     def _beat(self) -> None:
         while not self._wake.wait(self.heartbeat_interval):
@@ -228,6 +247,7 @@ class WorkerPool:
         for job in waiting:
             self._abandon(job, "the server process stopped before this task started")
             self._released(job)
+        self._changed()
         for _ in threads:
             self._queue.put(_STOP)
         deadline = time.monotonic() + (self.drain_timeout if timeout is None else timeout)
@@ -257,7 +277,7 @@ class WorkerPool:
         try:
             self.on_abandon(job, reason)
         except Exception:
-            logger.exception("task %s: could not be marked lost", job.id)
+            logger.exception("task %s: could not be marked lost", job.id, extra=task_extra(job.id))
 
     def threads(self) -> Iterable[threading.Thread]:
         return tuple(self._threads) + ((self._heartbeat,) if self._heartbeat else ())

@@ -84,6 +84,7 @@ class RuleSet:
             for rule in rules
         )
         self.prefixes: tuple[str, ...] = tuple(sorted({p for p, _ in self._candidates}))
+        self._spec_of = {id(rule): spec for rule, spec in zip(rules, self.specs, strict=True)}
 
     def __bool__(self) -> bool:
         return bool(self.specs)
@@ -106,6 +107,19 @@ class RuleSet:
         except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect
             return False
         return True
+
+    def rule_for(self, method: str, path_info: str) -> str | None:
+        """The spec of the rule that fits (as :meth:`matches` decides), or None. A bounded
+        name for the request, e.g. a metrics label (never the raw path)."""
+        if not self.matches(method, path_info):
+            return None
+        try:
+            rule, _ = self._adapter.match(
+                _decoded_path(path_info) or "/", method=method.upper(), return_rule=True
+            )
+        except HTTPException:
+            return None
+        return self._spec_of.get(id(rule), rule.rule)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ result is never both served inline and stored, nor lost between the two.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -23,6 +24,8 @@ from .errors import StoreUnavailable
 from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
 from .stores.base import Store
 from .task import TaskRecord, TaskState
+from .tasklog import set_current_task_id, task_extra
+from .tracing import current_traceparent
 
 __all__ = ["Job", "TaskRunner"]
 
@@ -64,6 +67,12 @@ class Job:
         #: Outcome kept for an inline answer (detached jobs only).
         self.response: BufferedResponse | None = None
         self.exc_info: ExcInfo | None = None
+        # Made in the accepting request's thread: the replay runs in a copy of its context
+        # (trace context, see tracing.py), and the traceparent outlives this process.
+        self.context = contextvars.copy_context()
+        self.traceparent = current_traceparent()
+        #: The rule that deferred it: the ``rule`` label of the duration histograms.
+        self.rule = "-"
 
     def run(self) -> None:
         self.runner.run(self)
@@ -97,7 +106,11 @@ class Job:
             try:
                 self.runner.store.set_progress(self.id, fraction, message)
             except StoreUnavailable:
-                logger.warning("task %s: progress not recorded, store unavailable", self.id)
+                logger.warning(
+                    "task %s: progress not recorded, store unavailable",
+                    self.id,
+                    extra=task_extra(self.id),
+                )
 
     def is_cancelled(self) -> bool:
         """``environ["wsgi_deferred.cancelled"]``: True once the client cancelled the task."""
@@ -159,7 +172,9 @@ class TaskRunner:
                     claimed = self.store.claim(job.id, time.time() + self.lease_timeout)
                 except StoreUnavailable:
                     logger.error(
-                        "task %s: store unavailable, cannot start; lease will lapse", job.id
+                        "task %s: store unavailable, cannot start; lease will lapse",
+                        job.id,
+                        extra=task_extra(job.id),
                     )
                     claimed = False
                 if not claimed:  # cancelled (or marked lost) while queued
@@ -168,19 +183,20 @@ class TaskRunner:
                     return
             job.state = TaskState.RUNNING
             job.started = time.time()
-        logger.info("task %s: started %s", job.id, job.snapshot.label)
+        logger.info("task %s: started %s", job.id, job.snapshot.label, extra=task_extra(job.id))
         environ = job.snapshot.replay_environ(
             job.id,
             {
                 "wsgi_deferred.id": job.id,
                 "wsgi_deferred.progress": job.report_progress,
                 "wsgi_deferred.cancelled": job.is_cancelled,
+                "wsgi_deferred.traceparent": job.traceparent,
             },
         )
         response: BufferedResponse | None = None
         exc_info: ExcInfo | None = None
         try:
-            response = run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
+            response = job.context.run(self._replay, job.id, environ)
         except BaseException:
             # Even SystemExit/KeyboardInterrupt from the app only fail this task: letting
             # them end the worker thread would strand every task queued behind it.
@@ -197,6 +213,11 @@ class TaskRunner:
         self._record_outcome(job, response, exc_info)
         job.done.set()
 
+    def _replay(self, task_id: str, environ: dict[str, Any]) -> BufferedResponse:
+        """Runs inside the job's copy of the accepting request's context (tracing.py)."""
+        set_current_task_id(task_id)
+        return run_and_buffer(self.app, environ, spool_dir=self.spool_dir)
+
     def _record_outcome(
         self, job: Job, response: BufferedResponse | None, exc_info: ExcInfo | None
     ) -> None:
@@ -206,17 +227,28 @@ class TaskRunner:
             if response is not None:
                 headers = strip_hop_by_hop(response.headers)
                 if self.store.finish(job.id, response.status, headers, response.body, expires):
-                    logger.info("task %s: done, %s in %.3fs", job.id, response.status, elapsed)
+                    logger.info(
+                        "task %s: done, %s in %.3fs",
+                        job.id,
+                        response.status,
+                        elapsed,
+                        extra=task_extra(job.id),
+                    )
                     outcome = "done"
                 else:
                     logger.info(
-                        "task %s: finished after it was cancelled; result discarded", job.id
+                        "task %s: finished after it was cancelled; result discarded",
+                        job.id,
+                        extra=task_extra(job.id),
                     )
                     outcome = "cancelled"
             else:
                 assert exc_info is not None
                 logger.error(
-                    "task %s: the application raised; state failed", job.id, exc_info=exc_info
+                    "task %s: the application raised; state failed",
+                    job.id,
+                    exc_info=exc_info,
+                    extra=task_extra(job.id),
                 )
                 message = f"the application raised {exc_info[0].__name__}"
                 if self.debug:
@@ -227,7 +259,9 @@ class TaskRunner:
             if response is not None:
                 response.body.discard()
             logger.error(
-                "task %s: store unavailable, outcome not recorded; lease will lapse", job.id
+                "task %s: store unavailable, outcome not recorded; lease will lapse",
+                job.id,
+                extra=task_extra(job.id),
             )
             outcome = "lost"
         finally:
@@ -261,4 +295,4 @@ class TaskRunner:
                     return
         if attached and not job.done.is_set():
             self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
-            logger.warning("task %s: marked lost: %s", job.id, reason)
+            logger.warning("task %s: marked lost: %s", job.id, reason, extra=task_extra(job.id))

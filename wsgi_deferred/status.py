@@ -28,6 +28,7 @@ from .replay import StartResponse, serve_body
 from .rules import parse_prefer
 from .stores.base import Store
 from .task import TaskRecord, TaskState
+from .tasklog import task_extra
 
 __all__ = ["NO_STORE_HEADERS", "StatusEndpoint", "respond", "retry_after"]
 
@@ -102,7 +103,9 @@ class StatusEndpoint:
             if method == "POST" and _is_cancel_form(environ):
                 return self._cancel(environ, start_response, task_id, html, form=True)
         except StoreUnavailable as exc:
-            logger.warning("task %s: status unavailable: %s", task_id, exc)
+            logger.warning(
+                "task %s: status unavailable: %s", task_id, exc, extra=task_extra(task_id)
+            )
             body, ctype = render_message(
                 "503 Service Unavailable", "the task store is unavailable; try again", html
             )
@@ -192,7 +195,7 @@ class StatusEndpoint:
         if self._visible(environ, store.get(task_id)) is None or not store.cancel(task_id):
             return self.not_found(start_response, html)
         self.on_cancel(task_id)
-        logger.info("task %s: cancelled by the client", task_id)
+        logger.info("task %s: cancelled by the client", task_id, extra=task_extra(task_id))
         if not form:
             start_response("204 No Content", list(NO_STORE_HEADERS))
             return []

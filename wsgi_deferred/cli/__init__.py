@@ -4,6 +4,7 @@
 the app wrapped by :class:`~wsgi_deferred.DeferredMiddleware` under gunicorn, through
 gunicorn's application API (in this process, no shell). ``wsgi-deferred check`` tells which of
 some sample requests would be deferred, passed through or answered as a status URL.
+``wsgi-deferred tasks --store URL`` lists the tasks of a store (``--cancel ID`` cancels one).
 
 Usage errors (unknown options, bad values, invalid rules, an app that cannot be imported) exit
 with status 2 and one line on stderr; ``--help`` explains everything else.
@@ -27,6 +28,7 @@ from .options import (
     fail,
 )
 from .serve import probe, serve
+from .tasks import build_tasks_parser, tasks
 
 __all__ = ["main", "probe"]
 
@@ -36,6 +38,7 @@ __all__ = ["main", "probe"]
 COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], int]]] = {
     "serve": (build_serve_parser, serve),
     "check": (build_check_parser, check),
+    "tasks": (build_tasks_parser, tasks),
 }
 
 
@@ -45,12 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "--version"):
         parser = build_main_parser()
         if not args:
-            fail(f"{PROG}: error: a command is needed: serve or check (see '{PROG} --help')")
+            fail(f"{PROG}: error: a command is needed: serve, check or tasks (see '{PROG} --help')")
         parser.parse_args(args)  # prints help or version and exits 0
     command = args[0]
     if command not in COMMANDS:
         fail(
-            f"{PROG}: error: unknown command {command!r}: expected serve or check "
+            f"{PROG}: error: unknown command {command!r}: expected serve, check or tasks "
             f"(see '{PROG} --help')"
         )
     build_parser, run = COMMANDS[command]

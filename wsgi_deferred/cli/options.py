@@ -37,6 +37,7 @@ COMMANDS_EPILOG = """\
 commands:
   serve      run the application behind the middleware under gunicorn
   check      show which sample requests a set of rules would defer
+  tasks      list the tasks of a store (every process and host), or cancel one
 
 Run "wsgi-deferred serve --help" or "wsgi-deferred check --help" for their options.
 
@@ -412,7 +413,7 @@ def build_check_parser() -> _Parser:
 def build_main_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} {{serve,check}} ...",
+        usage=f"{PROG} {{serve,check,tasks}} ...",
         description=DESCRIPTION,
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

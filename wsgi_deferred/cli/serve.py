@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from typing import Any
 
@@ -115,10 +119,37 @@ def gunicorn_settings(args: argparse.Namespace, options: dict[str, Any]) -> dict
     if args.gunicorn_graceful_timeout is not None:
         settings["graceful_timeout"] = args.gunicorn_graceful_timeout
     elif drain is not None:
-        settings["graceful_timeout"] = drain + GRACE_MARGIN
+        # Whole seconds: gunicorn's validator takes an int or a string, never a float.
+        settings["graceful_timeout"] = math.ceil(drain + GRACE_MARGIN)
     if args.gunicorn_access_log:
         settings["accesslog"] = args.gunicorn_access_log
     return settings
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
+
+
+def prometheus_multiprocess(options: dict[str, Any]) -> str | None:
+    """With metrics on and prometheus_client installed, give every worker one directory for
+    prometheus_client's multiprocess mode, so a scrape of any worker sees the deployment.
+    Set before any import of prometheus_client (the master's, with --preload, or the
+    workers'). Returns the directory made here (removed at exit), or None: off, not
+    installed, or the operator chose one (then emptying it at start is theirs to do)."""
+    if options.get("metrics_path") is None or importlib.util.find_spec("prometheus_client") is None:
+        return None
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    directory = tempfile.mkdtemp(prefix="wsgi-deferred-prometheus-")
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit hook: drop the live gauges of a worker that exited (or was
+    killed); its counters stay in the sum, so no counter ever goes back."""
+    from ..prometheus import mark_process_dead
+
+    mark_process_dead(worker.pid)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -127,6 +158,18 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("serve needs gunicorn: pip install 'wsgi_deferred[gunicorn]'") from None
     options = middleware_options(args, dict(os.environ))
+    metrics_dir = prometheus_multiprocess(options)  # before anything imports prometheus_client
+    master = os.getpid()
+    try:
+        return _serve(args, options, BaseApplication)
+    finally:
+        # gunicorn's workers leave by SystemExit through these same frames: only the master
+        # (the process that made the directory) removes it.
+        if metrics_dir is not None and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, options: dict[str, Any], base: Any) -> int:
     validate(options)
     if args.gunicorn_chdir:
         try:
@@ -139,6 +182,8 @@ def serve(args: argparse.Namespace) -> int:
             sys.path.insert(0, path)
     target: str = args.target
     settings = gunicorn_settings(args, options)
+    if os.environ.get(MULTIPROC_ENV) and options.get("metrics_path") is not None:
+        settings["child_exit"] = _child_exit
     preloaded: DeferredMiddleware | None = None
     if args.gunicorn_preload:
         try:
@@ -153,7 +198,7 @@ def serve(args: argparse.Namespace) -> int:
             return preloaded
         return DeferredMiddleware(load_app(target), **options)
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(base):  # type: ignore[misc]
         """gunicorn's application API: our settings, our app, no command line of its own."""
 
         def load_config(self) -> None:

@@ -26,17 +26,25 @@ Rules common to every method:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import heapq
+from collections.abc import Collection, Iterable
 from typing import BinaryIO
 
 from ..buffers import SpooledBody
-from ..task import TaskRecord
+from ..task import TaskRecord, TaskState
 
-__all__ = ["STALE_RETENTION", "Store"]
+__all__ = ["DEFAULT_LIST_LIMIT", "LIST_SCAN_MAX", "STALE_RETENTION", "Store", "listed"]
 
 #: Seconds a cancelled record, or an unfinished one whose lease ran out, is kept before
 #: :meth:`Store.purge` removes it (long enough for every poller to read ``lost``).
 STALE_RETENTION = 3600.0
+#: Tasks :meth:`Store.list_tasks` returns unless asked for another number.
+DEFAULT_LIST_LIMIT = 1000
+#: Records :meth:`Store.list_tasks` examines at most in one call (a bound on its time and
+#: memory when a store holds many tasks; the newest of those examined are returned).
+LIST_SCAN_MAX = 100_000
+#: The message of a task reported ``lost`` because its lease ran out.
+LOST_MESSAGE = "the process running this task stopped renewing its lease"
 
 
 class Store(abc.ABC):
@@ -168,3 +176,34 @@ class Store(abc.ABC):
     def client_slots(self, client: str) -> int:
         """How many unexpired slots *client* holds."""
         raise NotImplementedError
+
+    # -- listing (the operator's view: ``wsgi-deferred tasks``) ------------------------------
+
+    def list_tasks(
+        self, states: Collection[str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        """Up to *limit* tasks, newest (``created``) first, each as :meth:`get` would return
+        it: expired ones absent, unfinished ones whose lease ran out reported ``lost``.
+        *states* (state names) keeps only tasks in those states. Bounded: a store examines at
+        most ``LIST_SCAN_MAX`` records, and never blocks other clients for long (Redis pages
+        through its keys with ``SCAN``, never ``KEYS``). A store that cannot list raises
+        ``NotImplementedError``; one that cannot be reached, ``StoreUnavailable``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its tasks")
+
+
+def listed(
+    records: Iterable[TaskRecord], states: Collection[str] | None, limit: int, now: float
+) -> list[TaskRecord]:
+    """Shared tail of :meth:`Store.list_tasks`: the store rules (expired: absent; lapsed
+    lease: ``lost``), the *states* filter, newest first, at most *limit*."""
+    wanted = None if states is None else {str(s) for s in states}
+    kept: list[TaskRecord] = []
+    for record in records:
+        if record.expires is not None and record.expires < now:
+            continue
+        if record.lease_ran_out(now):
+            record = record.copy(state=TaskState.LOST, finished=record.lease_expires,
+                                 message=LOST_MESSAGE)  # fmt: skip
+        if wanted is None or record.state.value in wanted:
+            kept.append(record)
+    return heapq.nlargest(max(0, limit), kept, key=lambda r: r.created)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import BinaryIO
 
 from ..buffers import SpooledBody
 from ..task import TaskRecord, TaskState
-from .base import STALE_RETENTION, Store
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 
 __all__ = ["DEFAULT_MAX_RECORDS", "MemoryStore"]
 
@@ -282,3 +282,13 @@ class MemoryStore(Store):
     def client_slots(self, client: str) -> int:
         with self._lock:
             return len(self._slots_of(client, time.time()))
+
+    # -- listing (Store.list_tasks) ------------------------------------------------------------
+
+    def list_tasks(
+        self, states: Collection[str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        with self._lock:
+            ids = list(self._records)[-LIST_SCAN_MAX:]  # insertion order: the newest
+            records = [r.copy() for r in map(self._live, ids) if r is not None]
+        return listed(records, states, limit, time.time())

@@ -51,15 +51,15 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, BinaryIO
 
 import redis
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
-from ..task import TaskRecord, TaskState
-from .base import STALE_RETENTION, Store
+from ..task import TaskRecord, TaskState, is_task_id
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .redis_calls import INDEX_SHARDS, MIN_BLOCK, RedisCalls
 from .redis_calls import unavailable as _unavailable
 
@@ -82,6 +82,8 @@ PURGE_ROUNDS = 1000
 #: Index entries due more than this many seconds ago are trimmed on create, so the index
 #: stays bounded even if purge() is never called (Redis TTLs removed their records).
 INDEX_GRACE = 60.0
+#: Keys one SCAN call of list_tasks() asks for (a hint to Redis: one page of work).
+LIST_SCAN_COUNT = 500
 
 _FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
 _TEXTS = ("message", "owner", "label", "status")
@@ -372,6 +374,49 @@ return 1
         with _unavailable():
             return int(self._redis.zcount(self._slots_key(client), time.time(), "+inf"))
 
+    # -- listing (Store.list_tasks) ------------------------------------------------------------
+
+    def list_tasks(
+        self, states: Collection[str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        # SCAN, never KEYS: each call walks one page, so Redis serves others in between
+        # (on a cluster, scan_iter walks every primary in turn). Records are read with the
+        # "read" script (get()'s rules), a page of them per round trip where that is
+        # possible: one pipeline on a standalone server, one call per task on a cluster,
+        # whose scripts must not share a pipeline across slots.
+        match = _glob_escape(f"{self.prefix}task:") + "{*}"
+        start = len(f"{self.prefix}task:{{".encode())
+        seen: set[str] = set()  # SCAN may return a key more than once
+        page: list[str] = []
+        records: list[TaskRecord] = []
+
+        def read(ids: list[str]) -> None:
+            if self._cluster:
+                found = [self._run("read", task_id) for task_id in ids]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                calls = [self._queue(pipe, "read", self._keys(i), [repr(time.time())]) for i in ids]
+                found = self._execute(pipe, calls)
+            for task_id, flat in zip(ids, found, strict=True):
+                if flat:
+                    records.append(_decode(task_id, _fields(flat)))
+
+        with _unavailable():
+            for key in self._redis.scan_iter(match=match, count=LIST_SCAN_COUNT):
+                task_id = key[start:-1].decode()
+                if task_id in seen or not is_task_id(task_id):
+                    continue
+                seen.add(task_id)
+                page.append(task_id)
+                if len(page) >= LIST_SCAN_COUNT:
+                    read(page)
+                    page = []
+                if len(seen) >= LIST_SCAN_MAX:
+                    break
+            if page:
+                read(page)
+        return listed(records, states, limit, time.time())
+
 
 class _ChunkReader(io.RawIOBase):
     """Reads a body list one chunk at a time (LINDEX), holding one chunk in memory."""
@@ -429,3 +474,8 @@ def _decode(task_id: str, fields: dict[str, bytes]) -> TaskRecord:
     data["headers"] = json.loads(text["headers"]) if "headers" in text else None
     data["body_size"] = int(text["body_size"]) if "body_size" in text else None
     return TaskRecord.from_dict(data)
+
+
+def _glob_escape(text: str) -> str:
+    """*text* matched literally by a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

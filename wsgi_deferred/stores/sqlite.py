@@ -37,13 +37,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
-from .base import STALE_RETENTION, Store
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .private import PRIVATE_DIR_MODE, create_private_file
 from .sqlite_db import POLL_MAX, POLL_MIN, ConnectionPerThread
 
@@ -447,3 +447,30 @@ class SQLiteStore(Store):
                 ).fetchone()[0]
             )
         )
+
+    # -- listing (Store.list_tasks) ------------------------------------------------------------
+
+    def list_tasks(
+        self, states: Collection[str] | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[TaskRecord]:
+        params: dict[str, object] = {"now": time.time(), "limit": min(limit, LIST_SCAN_MAX)}
+        where = "(expires IS NULL OR expires >= :now)"
+        if states is not None:
+            # The state get() would report: an unfinished task whose lease ran out is lost.
+            names = [f":s{n}" for n in range(len(states))]
+            params.update({f"s{n}": str(state) for n, state in enumerate(states)})
+            where += (
+                " AND (CASE WHEN state IN ('queued', 'running') AND lease_expires < :now"
+                f" THEN 'lost' ELSE state END) IN ({', '.join(names) or 'NULL'})"
+            )
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM tasks WHERE {where}"
+            " ORDER BY created DESC LIMIT :limit"
+        )
+        records = []
+        for row in self._db.rows(sql, **params):
+            values = dict(zip(_COLUMNS, row, strict=True))
+            if values["headers"] is not None:
+                values["headers"] = json.loads(values["headers"])
+            records.append(TaskRecord.from_dict(values))
+        return listed(records, states, limit, params["now"])  # type: ignore[arg-type]
