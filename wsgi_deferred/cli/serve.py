@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..factory import load_app
+from ..holds import holds_for_threads
 from ..middleware import DeferredMiddleware
 from .options import (
     GRACE_MARGIN,
@@ -127,6 +128,10 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("serve needs gunicorn: pip install 'wsgi_deferred[gunicorn]'") from None
     options = middleware_options(args, dict(os.environ))
+    if options.get("max_holds") is None:
+        # Only serve knows how many request threads a worker has (no environ key says it):
+        # leave three quarters of them to the app's pages (docs/protocol.md, "Holds").
+        options["max_holds"] = holds_for_threads(args.gunicorn_threads)
     validate(options)
     if args.gunicorn_chdir:
         try:
