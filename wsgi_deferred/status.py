@@ -207,10 +207,13 @@ class StatusEndpoint:
         """The ``202 Accepted`` for a queued or running task (also the first answer)."""
         remaining = self.remaining(record)
         seconds = retry_after(record, remaining)
-        body, ctype = render_status(record, url, html, refresh=seconds, estimate=remaining)
+        # A person watching a page wants to see progress: reload at the age-based pace
+        # (1 s while young) unless the estimate says the end comes sooner.
+        refresh = min(seconds, retry_after(record)) if html else seconds
+        body, ctype = render_status(record, url, html, refresh=refresh, estimate=remaining)
         headers = [("Location", url), ("Retry-After", str(seconds)), ("Vary", "Accept, Prefer")]
         if html:
-            headers.append(("Refresh", f"{seconds}; url={url}"))
+            headers.append(("Refresh", f"{refresh}; url={url}"))
         headers += extra_headers
         return respond(start_response, "202 Accepted", body, ctype, headers, head)
 
