@@ -238,3 +238,27 @@ def test_max_holds_is_a_checked_keyword() -> None:
 
     with pytest.raises(ConfigurationError):
         DeferredMiddleware(apps.plain_app, max_holds=-1)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "holds"),
+    [
+        (["--threads", "8"], {}, 2),
+        (["--threads", "32"], {}, 8),
+        (["--threads", "1"], {}, 0),
+        (["--threads", "8", "--max-holds", "5"], {}, 5),
+        (["--threads", "8"], {"WSGI_DEFERRED_MAX_HOLDS": "3"}, 3),
+        (["--threads", "8"], {"WSGI_DEFERRED_MAX_HOLDS": "auto"}, 2),
+    ],
+)
+def test_serve_sets_the_budget_from_threads(
+    argv: list[str], env: dict[str, str], holds: int
+) -> None:
+    from wsgi_deferred.cli.options import build_serve_parser
+    from wsgi_deferred.cli.serve import serve_options
+
+    args = build_serve_parser().parse_args(["app:app", *argv])
+    assert serve_options(args, env)["max_holds"] == holds

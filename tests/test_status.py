@@ -1,4 +1,4 @@
-"""status.py: the status URL's whole contract (DESIGN.md, "The status URL")."""
+"""status.py: the status URL's whole contract (docs/protocol.md, "The status URL")."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ def test_failed_is_500_naming_the_state_without_the_traceback(
 
 
 def test_debug_shows_the_traceback_to_the_client(make_mw: Harness) -> None:
-    """DESIGN.md: the traceback reaches the client only when debug is on."""
+    """docs/protocol.md, "Errors": the traceback reaches the client only when debug is on."""
     mw = make_mw(apps.raise_after_start_app, routes=["/fail"], debug=True)
     final = result_of(mw, request(mw, "POST", "/fail"))
     assert final.code == 500

@@ -122,16 +122,23 @@ def gunicorn_settings(args: argparse.Namespace, options: dict[str, Any]) -> dict
     return settings
 
 
+def serve_options(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any]:
+    """The middleware's options under ``serve``: flags over WSGI_DEFERRED_* variables, and a
+    hold budget from ``--threads`` unless one was given."""
+    options = middleware_options(args, environ)
+    if options.get("max_holds") is None:
+        # Only serve knows how many request threads a worker has (no environ key says it):
+        # leave three quarters of them to the app's pages (docs/protocol.md, "Holds").
+        options["max_holds"] = holds_for_threads(args.gunicorn_threads)
+    return options
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         from gunicorn.app.base import BaseApplication
     except ImportError:
         raise UsageError("serve needs gunicorn: pip install 'wsgi_deferred[gunicorn]'") from None
-    options = middleware_options(args, dict(os.environ))
-    if options.get("max_holds") is None:
-        # Only serve knows how many request threads a worker has (no environ key says it):
-        # leave three quarters of them to the app's pages (docs/protocol.md, "Holds").
-        options["max_holds"] = holds_for_threads(args.gunicorn_threads)
+    options = serve_options(args, dict(os.environ))
     validate(options)
     if args.gunicorn_chdir:
         try:

@@ -19,7 +19,7 @@ __all__ = ["Store", "default_store_url", "open_store"]
 
 
 def default_store_url(multiprocess: bool) -> str:
-    """The store ``store=None`` picks (DESIGN.md, Stores).
+    """The store ``store=None`` picks (docs/protocol.md, "The Store interface").
 
     One process: ``memory://``. Several (``wsgi.multiprocess`` true, e.g. ``gunicorn -w 4``):
     a SQLite file shared by the workers of *this deployment* and no other. A deployment is
