@@ -76,7 +76,13 @@ hello_wrapped = DeferredMiddleware(hello, routes=["POST /render/<id>"], store="m
 def __getattr__(name: str) -> Any:
     # Built on first access, so importing this module for ``hello`` opens no store.
     if name == "jobs":
-        return DeferredMiddleware(job_app, routes=["POST /job"], store=bench_store())
+        holds = os.environ.get("BENCH_MAX_HOLDS")  # unset: automatic, the default
+        return DeferredMiddleware(
+            job_app,
+            routes=["POST /job"],
+            store=bench_store(),
+            max_holds=int(holds) if holds else None,
+        )
     if name == "big":
         return DeferredMiddleware(big_app, routes=["GET /big"], store=bench_store())
     raise AttributeError(name)
