@@ -145,7 +145,8 @@ class DeferredMiddleware:
         )
         #: Requests this process may hold at once (docs/protocol.md, "Holds").
         self.holds = HoldBudget(max_holds)
-        #: Run times per route, behind Retry-After (docs/protocol.md, "Retry-After").
+        #: Run times per route, behind Retry-After (docs/protocol.md, "Retry-After and the
+        #: estimate").
         self.history = DurationHistory()
         self.status = StatusEndpoint(
             self.get_store,

@@ -38,7 +38,7 @@ __all__ = ["NO_STORE_HEADERS", "StatusEndpoint", "respond", "retry_after"]
 
 logger = logging.getLogger("wsgi_deferred")
 
-#: Headers on every response the middleware writes itself (docs/protocol.md, "Responses").
+#: Headers on every response the middleware writes itself (docs/protocol.md, "Errors").
 NO_STORE_HEADERS = [
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
