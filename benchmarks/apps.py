@@ -2,7 +2,8 @@
 
 ``hello``        ``GET /hello`` → ``hello``: a plain WSGI app, the raw baseline.
 ``hello_wrapped`` the same app behind ``DeferredMiddleware(routes=["POST /render/<id>"])``.
-``jobs``         ``POST /job`` answers at once (an instant job) and is a deferred route;
+``jobs``         ``POST /job`` answers at once (an instant job; ``?ms=N`` works N ms first)
+                 and is a deferred route;
                  the store comes from ``BENCH_STORE`` (a ``redis://`` URL gets the key prefix
                  ``BENCH_REDIS_PREFIX``, so the benchmark never touches anyone else's keys).
 ``big``          ``GET /big?mib=N`` yields N MiB in 64 KiB chunks; a deferred route.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,6 +32,9 @@ def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
 
 def job_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     if environ.get("PATH_INFO") == "/job":
+        ms = parse_qs(environ.get("QUERY_STRING", "")).get("ms")
+        if ms:  # ``POST /job?ms=N``: a job that works N milliseconds (at most a minute)
+            time.sleep(min(int(ms[0]), 60_000) / 1000)
         start_response(
             "200 OK",
             [("Content-Type", "application/json"), ("Content-Length", str(len(JOB_RESULT)))],
@@ -71,7 +76,13 @@ hello_wrapped = DeferredMiddleware(hello, routes=["POST /render/<id>"], store="m
 def __getattr__(name: str) -> Any:
     # Built on first access, so importing this module for ``hello`` opens no store.
     if name == "jobs":
-        return DeferredMiddleware(job_app, routes=["POST /job"], store=bench_store())
+        holds = os.environ.get("BENCH_MAX_HOLDS")  # unset: automatic, the default
+        return DeferredMiddleware(
+            job_app,
+            routes=["POST /job"],
+            store=bench_store(),
+            max_holds=int(holds) if holds else None,
+        )
     if name == "big":
         return DeferredMiddleware(big_app, routes=["GET /big"], store=bench_store())
     raise AttributeError(name)

@@ -94,11 +94,16 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version() + f" ({platform.python_implementation()})",
     }
-    for package in ("wsgi_deferred", "werkzeug", "flask", "gunicorn", "redis", "celery"):
+    for package in (
+        "wsgi_deferred", "werkzeug", "flask", "gunicorn", "redis", "celery", "azure-core",
+    ):  # fmt: skip
         info[package] = _version(package)
     info["redis-server"] = _redis_server_version()
-    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    info["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].strip()
+    try:  # only section 1b needs wrk
+        wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        info["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].strip()
+    except FileNotFoundError:
+        info["wrk"] = "not installed"
     info["git"] = _git_head()
     return info
 

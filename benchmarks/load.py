@@ -8,6 +8,8 @@ A job is: ``POST /job`` → ``202`` + ``Location``, then either
 * ``poll``: sleep ``POLL_INTERVAL`` (10 ms), ``GET`` the status URL, repeat while ``202``
   (``Retry-After`` is deliberately not honoured: it says 1 s, which would measure the header);
 * ``wait``: ``GET`` the status URL with ``Prefer: wait=10`` (long poll), repeat while ``202``;
+* ``polite``: ``GET`` the status URL at once, then sleep exactly the ``Retry-After`` of each
+  ``202`` (whole seconds, as azure-core's ``LROPoller`` does) before the next ``GET``;
 * ``http``: no job, just two ``GET /hello``: the two-request ceiling of the server itself.
 
 Latency is from just before the POST to the last byte of the result. A round ends when it
@@ -38,6 +40,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, one per completed job
     requests: int = 0
     first_error: str = ""
+    slept: float = 0.0  # seconds the clients slept obeying Retry-After (polite mode)
 
     @property
     def jobs_per_second(self) -> float:
@@ -58,6 +61,8 @@ class _Client:
         self.fresh = fresh  # a new connection per request, closed after it
         self.conn: http.client.HTTPConnection | None = None
         self.requests = 0
+        self.retry_after: str | None = None  # of the last response
+        self.slept = 0.0  # seconds spent obeying Retry-After
 
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None
@@ -74,6 +79,7 @@ class _Client:
         except (OSError, http.client.HTTPException):
             self.close()
             raise
+        self.retry_after = response.getheader("Retry-After")
         if response.will_close or self.fresh:
             self.close()
         return response.status, response.getheader("Location"), data
@@ -96,9 +102,17 @@ def one_job(client: _Client, mode: str) -> None:
         raise RuntimeError(f"submit answered {status}")
     deadline = time.monotonic() + JOB_TIMEOUT
     headers = {"Prefer": "wait=10"} if mode == "wait" else {}
+    first = True
     while True:
         if mode == "poll":
             time.sleep(POLL_INTERVAL)
+        elif mode == "polite" and not first:
+            delay = float(client.retry_after or 30)  # azure-core's default when it is missing
+            if delay <= 0:
+                delay = 30.0  # ... or 0, which azure-core reads the same way
+            client.slept += delay
+            time.sleep(delay)
+        first = False
         status, _, body = client.request("GET", location, headers)
         if status != 202:
             break
@@ -118,7 +132,7 @@ def run_load(
     fresh: bool = False,
 ) -> LoadResult:
     """Run the load against 127.0.0.1:*port* (see the module docstring)."""
-    if mode not in ("poll", "wait", "http"):
+    if mode not in ("poll", "wait", "polite", "http"):
         raise ValueError(mode)
     result = LoadResult()
     lock = threading.Lock()
@@ -146,6 +160,7 @@ def run_load(
             client.close()
             with lock:
                 result.requests += client.requests
+                result.slept += client.slept
 
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
     for thread in threads:

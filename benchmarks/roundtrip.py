@@ -231,7 +231,8 @@ def report(
         "over runs. Servers: gunicorn gthread; the Celery baseline is a Flask app calling "
         f"`.delay()` / `AsyncResult.ready()` with a `celery worker --pool {celery_pool}` "
         "(`-c 2` for prefork, `-c 8` for threads) on Redis db "
-        f"{CELERY_REDIS_DB}. " + pinning,
+        f"{CELERY_REDIS_DB}. " + pinning + " Neither client honours `Retry-After`: the "
+        "polite client, which does, is section 5a.",
         "",
     )
     rows = []

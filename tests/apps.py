@@ -467,6 +467,9 @@ def make_environ(
         environ = builder.get_environ()
     finally:
         builder.close()
+    # As a threaded server (gthread, waitress) says: only there are status polls held
+    # (docs/protocol.md, "Holds"); sync-worker tests pass ``**{"wsgi.multithread": False}``.
+    environ["wsgi.multithread"] = True
     environ.update(overrides)
     return environ
 

@@ -42,6 +42,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 20_000
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 # -- the application under test (imported by the gunicorn worker as test_browser:app) ----------
 
@@ -272,3 +273,77 @@ def test_cancel_button_without_javascript(browser: Any, server: Gunicorn) -> Non
         expect(page.get_by_role("heading", level=1)).to_have_text("404 Not Found")
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def one_hold_server() -> Iterator[Gunicorn]:
+    target = (
+        'wsgi_deferred:wrap("test_browser:app", routes=["POST /render"], store="memory://",'
+        " max_holds=1)"
+    )
+    with Gunicorn(target, workers=1, threads=8, extra_args=_no_control_socket()) as gunicorn:
+        yield gunicorn
+
+
+def test_the_waiting_page_reaches_the_result_with_the_hold_budget_spent(
+    browser: Any, one_hold_server: Gunicorn
+) -> None:
+    """docs/protocol.md, "Holds": another client's long poll takes the one slot; the page's
+    long polls are refused (no Preference-Applied: wait), so it falls back to reloads."""
+    import threading
+
+    from playwright.sync_api import expect
+
+    server = one_hold_server
+    other = http_request(server.port, "POST", "/render", b"steps=30", FORM)
+    assert other.status == 202
+    stop = threading.Event()
+
+    def hold() -> None:  # keeps a long poll out (bounded: a 404 after the DELETE ends it)
+        for _ in range(100):
+            answer = http_request(
+                server.port,
+                "GET",
+                other.headers["location"],
+                headers={"Prefer": "wait=25"},
+                timeout=30,
+            )
+            if answer.status != 202 or stop.is_set():
+                return
+            if "wait" not in answer.headers.get("preference-applied", ""):
+                stop.wait(0.05)  # refused (a probe had the slot): try again
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    context = _context(browser, True, DESKTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the other client holds the slot
+            probe = http_request(
+                server.port, "GET", other.headers["location"], headers={"Prefer": "wait=1"}
+            )
+            if "wait" not in probe.headers.get("preference-applied", ""):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the other client's long poll was never held")
+        page = context.new_page()
+        answers: list[Any] = []
+        page.on("response", lambda r: answers.append(r))
+        documents: list[str] = []
+        page.on("framenavigated", lambda frame: documents.append(frame.url))
+        accepted = _submit_form(page, server, "Busy day", steps=5)
+        status_url = accepted.headers["location"]
+        expect(page.get_by_role("heading", name="Report ready")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#result")).to_have_text("BUSY DAY")
+        polls = [r for r in answers if r.request.resource_type == "fetch"]
+        assert polls, "the script tried to long-poll"
+        refused = [r for r in polls if r.status == 202]
+        assert refused and all("preference-applied" not in r.headers for r in refused)
+        assert documents.count(server.base_url + status_url) >= 2, documents  # reloads
+    finally:
+        context.close()
+        stop.set()
+        http_request(server.port, "DELETE", other.headers["location"])  # frees the holder
+        holder.join(30)
+        assert not holder.is_alive()

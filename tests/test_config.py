@@ -195,6 +195,7 @@ def _inspect(middleware: DeferredMiddleware, name: str) -> object:
         "bind": lambda m: m.binding.enabled,
         "max_pending_per_client": lambda m: m.admission.limit,
         "max_wait": lambda m: m.max_wait,
+        "max_holds": lambda m: m.holds.max_holds,
         "drain_timeout": lambda m: m.pool.drain_timeout,
         "debug": lambda m: m.runner.debug,
         "metrics_path": lambda m: m.metrics_path,
@@ -217,6 +218,7 @@ ENV_CASES = [
     ("bind", "cookie:sid", True, False),
     ("max_pending_per_client", "2", 2, 100),  # default: max_pending / 10
     ("max_wait", "5", 5.0, 25.0),
+    ("max_holds", "3", 3, None),
     ("drain_timeout", "3", 3.0, 25.0),
     ("debug", "yes", True, False),
     ("metrics_path", "/_m", "/_m", None),

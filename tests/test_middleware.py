@@ -289,7 +289,7 @@ def test_under_defer_after_an_oversize_body_passes_through_intact(make_mw: Harne
     recorder = EnvironRecorder()
     mw = make_mw(recorder, defer_after=PATIENCE, max_body=1000)
     data = bytes(range(256)) * 20  # 5,120 bytes
-    answer = request(mw, "POST", "/upload", data=data)
+    answer = request(mw, "POST", "/upload", data=data, **{"wsgi.multithread": False})
     assert answer.code == 200
     assert recorder.bodies == [data]
     # The app ran inline, in this thread, on the server's own environ (not a replay).

@@ -457,3 +457,79 @@ def test_open_store_picks_sqlite(tmp_path: Path) -> None:
     store = open_store(f"sqlite://{tmp_path}/o.db")
     assert isinstance(store, SQLiteStore) and store.shared is True
     assert store.path == str(tmp_path / "o.db")
+
+
+# -- cross-process wake-ups (stores/sqlite_wake.py, docs/protocol.md "Holds") -------------------
+
+
+def _wait_in_child(path: str, task_id: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    # Re-reading the row only every minute: only a wake-up can end this wait in time.
+    sqlite_module.FALLBACK_SECONDS = 60.0
+    store = SQLiteStore(path)
+    try:
+        record = store.wait(task_id, 30)
+        results.put(record.state.value if record is not None else None)
+    finally:
+        store.close()
+
+
+def test_a_finish_in_one_process_wakes_a_wait_in_another(db: str) -> None:
+    store = SQLiteStore(db)
+    record = new_record(state=TaskState.RUNNING)
+    store.create(record)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_wait_in_child, args=(db, record.id, results))
+    proc.start()
+    try:
+        wake_dir = Path(db + ".wake")
+        deadline = time.monotonic() + 20
+        while not (wake_dir.is_dir() and any(wake_dir.iterdir())):  # the child listens
+            assert time.monotonic() < deadline, "the waiting process never bound its socket"
+            time.sleep(0.02)
+        time.sleep(0.2)  # into its wait
+        assert store.finish(record.id, "200 OK", [], SpooledBody(), time.time() + HOUR)
+        assert results.get(timeout=10) == "done"  # well before the 60 s re-read
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        store.close()
+    assert proc.exitcode == 0
+    assert not list(Path(db + ".wake").iterdir())  # close() removed the child's socket
+
+
+def test_a_dead_processes_socket_is_removed_by_the_next_broadcast(db: str) -> None:
+    import socket
+
+    store = SQLiteStore(db)
+    wake_dir = Path(db + ".wake")
+    wake_dir.mkdir(mode=0o700)
+    stale = wake_dir / "999999-dead.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(stale))
+    sock.close()  # as a killed process leaves it: the file stays, nobody receives
+    record = new_record(state=TaskState.RUNNING)
+    store.create(record)
+    assert store.fail(record.id, "failed", "x", time.time() + HOUR)
+    assert not stale.exists()
+    store.close()
+
+
+def test_waits_in_one_process_are_woken_without_polling(db: str) -> None:
+    sqlite_module.FALLBACK_SECONDS, saved = 60.0, sqlite_module.FALLBACK_SECONDS
+    store = SQLiteStore(db)
+    try:
+        record = new_record(state=TaskState.RUNNING)
+        store.create(record)
+        out: list[object] = []
+        waiter = threading.Thread(target=lambda: out.append(store.wait(record.id, 30)))
+        waiter.start()
+        time.sleep(0.1)
+        assert store.finish(record.id, "200 OK", [], SpooledBody(), time.time() + HOUR)
+        waiter.join(10)
+        assert not waiter.is_alive() and out[0].state is TaskState.DONE  # type: ignore[attr-defined]
+    finally:
+        sqlite_module.FALLBACK_SECONDS = saved
+        store.close()

@@ -1,4 +1,4 @@
-"""``bind``: tie a status URL to the requester that created the task (DESIGN.md, Security).
+"""``bind``: tie a status URL to the requester that created the task (docs/protocol.md).
 
 The credential named by ``bind`` is read from the request and only a keyed hash of it
 (HMAC-SHA256 with the store's shared secret) is stored, never the credential itself. A status

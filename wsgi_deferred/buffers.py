@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 __all__ = ["COPY_CHUNK", "SPOOL_THRESHOLD", "SpooledBody"]
 
-#: Bytes kept in memory before a body spills to a temporary file (about 1 MiB, DESIGN.md).
+#: Bytes kept in memory before a body spills to a temporary file (about 1 MiB).
 SPOOL_THRESHOLD = 1 << 20
 #: Bytes read or written per step when copying bodies around (64 KiB).
 COPY_CHUNK = 64 * 1024

@@ -117,6 +117,15 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
+def _auto(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``auto`` (or a None word) -> None: the middleware picks the value itself."""
+
+    def parse_auto(text: str) -> Any:
+        return None if text.lower() == "auto" or text.lower() in _NONE_WORDS else parse(text)
+
+    return parse_auto
+
+
 def _bool(text: str) -> bool:
     word = text.lower()
     if word in _TRUE_WORDS:
@@ -221,6 +230,13 @@ OPTIONS: tuple[Option, ...] = (
         "max_pending/10",
     ),
     Option("max_wait", _seconds(positive=False), "SECONDS", "cap on Prefer: wait=N", "25"),
+    Option(
+        "max_holds",
+        _auto(_int(0)),
+        "N",
+        "requests held at once per process (long polls, inline waits); more are answered at once",
+        "auto",
+    ),
     Option(
         "drain_timeout",
         _seconds(positive=False),

@@ -28,6 +28,8 @@ from .admission import Admission, default_client_limit
 from .binding import Binding, BindOption
 from .capture import BodyError, ChainedInput, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
+from .estimate import DurationHistory
+from .holds import INLINE, HoldBudget
 from .metrics import Metrics
 from .pages import render_message, wants_html
 from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
@@ -78,6 +80,7 @@ class DeferredMiddleware:
         bind: BindOption = None,
         max_pending_per_client: int | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
+        max_holds: int | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         metrics_path: str | None = None,
         debug: bool = False,
@@ -90,6 +93,7 @@ class DeferredMiddleware:
         _require(lease_timeout > 0, "lease_timeout must be positive (seconds)")
         _require(max_body >= 0, "max_body must be >= 0 (bytes)")
         _require(max_wait >= 0, "max_wait must be >= 0 (seconds)")
+        _require(max_holds is None or max_holds >= 0, "max_holds must be >= 0 (requests)")
         _require(defer_after is None or defer_after >= 0, "defer_after must be >= 0 (seconds)")
         _require(
             max_pending_per_client is None or max_pending_per_client >= 1,
@@ -149,11 +153,19 @@ class DeferredMiddleware:
             on_release=self._release_slot,
         )
         self.pool.on_change = self.metrics.watch(self.pool)  # Prometheus gauges, if on
+        #: Requests this process may hold at once (docs/protocol.md, "Holds").
+        self.holds = HoldBudget(max_holds)
+        #: Run times per route, behind Retry-After (docs/protocol.md, "Retry-After and the
+        #: estimate").
+        self.history = DurationHistory()
         self.status = StatusEndpoint(
             self.get_store,
             max_wait=self.max_wait,
             owner_of=self.binding.owner_of,
             on_cancel=self._cancelled_locally,
+            holds=self.holds,
+            history=self.history,
+            queue=lambda: (max(0, self.pool.pending - self.pool.running), workers),
         )
         # Pass-through fast path: one startswith per prefix tuple and a dict lookup.
         self._status_len = len(status_path)
@@ -262,7 +274,9 @@ class DeferredMiddleware:
         )
         if self.metrics.exporter is not None:
             job.rule = self._rule_label(environ, asked_async)
-        if wait <= 0:
+        # An inline wait is a hold: past the budget the client gets the 202 at once.
+        held = wait > 0 and self.holds.try_acquire(environ, INLINE)
+        if not held:
             # A client slot (counted in the store, for the deployment) before the task
             # exists; a job that may finish inline takes one only if it is handed over.
             try:
@@ -282,9 +296,12 @@ class DeferredMiddleware:
                 return self._busy(start_response, "429 Too Many Requests", message, html)
             self.pool.submit(job)
         else:
-            self.pool.submit(job)
-            if not self._hand_over_after(job, wait, store):
-                return self._inline(job, environ, start_response)
+            try:
+                self.pool.submit(job)
+                if not self._hand_over_after(job, wait, store):
+                    return self._inline(job, environ, start_response)
+            finally:
+                self.holds.release()
         self.metrics.incr("deferred")
         logger.info("task %s: deferred %s", job.id, snapshot.label, extra=task_extra(job.id))
         extra = [("Preference-Applied", "respond-async")] if asked_async else []
@@ -334,7 +351,7 @@ class DeferredMiddleware:
         if job.exc_info is not None:
             exc = job.exc_info[1]
             job.exc_info = None
-            raise exc  # "identical": the server sees the app's own exception (DESIGN.md §3)
+            raise exc  # "identical": the server sees the app's own exception (docs/protocol.md)
         response = job.response
         assert response is not None
         try:
@@ -420,6 +437,8 @@ class DeferredMiddleware:
     def _finished(self, job: Job, outcome: str, elapsed: float) -> None:
         if outcome != "cancelled":  # a cancel is counted once, where it is accepted
             self.metrics.incr(outcome)
+        if outcome == "done":
+            self.history.record(job.id, job.snapshot.label, elapsed)
         self.metrics.observe("run_seconds", elapsed, job.rule)
         if job.started is not None:
             self.metrics.observe("wait_seconds", job.started - job.created, job.rule)

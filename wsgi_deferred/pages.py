@@ -10,7 +10,10 @@ through ``environ["wsgi_deferred.progress"]``, and a cancel button. It needs no 
 it until the status URL answers with the result, and the cancel button is a plain form
 ``POST`` of ``action=cancel``. With JavaScript it gets better: the page stops the reloads,
 long-polls the JSON status with ``Prefer: wait`` (RFC 7240) to move on the moment the result is
-ready, and updates the bar, message and clock in place. Semantic HTML, a ``role="progressbar"``
+ready, and updates the bar, message and clock in place. Long polls count against the server's
+hold budget (``docs/protocol.md``, "Holds"): a poll the server did not hold (no
+``Preference-Applied: wait`` in its answer) makes the page fall back to reloading itself after
+``Retry-After`` seconds, as it would without JavaScript. Semantic HTML, a ``role="progressbar"``
 with ARIA values, a live region for the message, readable on a phone, no external assets.
 """
 
@@ -60,8 +63,11 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def status_document(record: TaskRecord, status_url: str) -> dict[str, Any]:
-    """The JSON status of a task (also the data behind the HTML page)."""
+def status_document(
+    record: TaskRecord, status_url: str, estimate: float | None = None
+) -> dict[str, Any]:
+    """The JSON status of a task (also the data behind the HTML page). ``estimate`` is the
+    seconds the task probably has left, or null without a history (docs/protocol.md)."""
     end = record.finished or time.time()
     return {
         "id": record.id,
@@ -74,14 +80,19 @@ def status_document(record: TaskRecord, status_url: str) -> dict[str, Any]:
         "started": _iso(record.started),
         "finished": _iso(record.finished),
         "elapsed": round(max(0.0, end - record.created), 3),
+        "estimate": None if estimate is None else round(max(0.0, estimate), 3),
     }
 
 
 def render_status(
-    record: TaskRecord, status_url: str, html: bool, refresh: int | None = None
+    record: TaskRecord,
+    status_url: str,
+    html: bool,
+    refresh: int | None = None,
+    estimate: float | None = None,
 ) -> tuple[bytes, str]:
     """``(body, content_type)`` for a task's status; *refresh* seconds for waiting pages."""
-    document = status_document(record, status_url)
+    document = status_document(record, status_url, estimate)
     if not html:
         return json.dumps(document).encode(), JSON_TYPE
     return _status_page(document, refresh).encode(), HTML_TYPE
@@ -229,9 +240,25 @@ _SCRIPT = """<script>
           leave();
           return null;
         }
-        return r.json();
+        // Not held (the server's hold budget is spent): reload after Retry-After instead
+        // of asking again at once, so refused long polls cost the server no more than
+        // the plain Refresh would.
+        var applied = (r.headers.get("Preference-Applied") || "").toLowerCase();
+        var held = applied.indexOf("wait") >= 0;
+        var after = Math.max(1, parseInt(r.headers.get("Retry-After"), 10) || 1);
+        return r.json().then(function (doc) {
+          doc._held = held; doc._after = after; return doc;
+        });
       })
-      .then(function (doc) { if (doc) { show(doc); poll(); } })
+      .then(function (doc) {
+        if (!doc) return;
+        show(doc);
+        if (doc._held) poll();
+        else {
+          note.textContent = "This page reloads until the result is ready.";
+          setTimeout(leave, doc._after * 1000);
+        }
+      })
       .catch(function () { setTimeout(leave, 2000); });
   }
   function start() {

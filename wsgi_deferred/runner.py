@@ -148,7 +148,7 @@ class TaskRunner:
         self.lease_timeout = lease_timeout
         self.spool_dir = spool_dir
         self.on_finished = on_finished
-        #: Show a failed task's traceback to the client (development only; DESIGN.md).
+        #: Show a failed task's traceback to the client (development only; docs/protocol.md).
         self.debug = debug
 
     @property

@@ -5,7 +5,9 @@
                done → the app's own response, verbatim (less hop-by-hop headers);
                failed/lost → ``500`` naming the state; unknown, expired, deleted,
                cancelled or not yours → one uniform ``404``.
-               ``Prefer: wait=N`` holds the request up to N s (capped) until the end.
+               ``Prefer: wait=N`` holds the request up to N s (capped) until the end,
+               within the process's hold budget (:mod:`wsgi_deferred.holds`); a
+               poll of a task about to end may be held briefly without asking.
 ``DELETE``     ``204``: cancel a queued/running task or delete a result.
 ``POST``       with the form field ``action=cancel``: the no-JavaScript cancel button of
                the waiting page; answers a small "Cancelled" page.
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
 from .errors import StoreUnavailable
+from .estimate import DurationHistory, retry_after_seconds
+from .holds import POLL, HoldBudget
 from .pages import JSON_TYPE, render_message, render_status, wants_html
 from .replay import StartResponse, serve_body
 from .rules import parse_prefer
@@ -34,7 +39,7 @@ __all__ = ["NO_STORE_HEADERS", "StatusEndpoint", "respond", "retry_after"]
 
 logger = logging.getLogger("wsgi_deferred")
 
-#: Headers on every response the middleware writes itself (DESIGN.md, Security).
+#: Headers on every response the middleware writes itself (docs/protocol.md, "Errors").
 NO_STORE_HEADERS = [
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
@@ -45,16 +50,21 @@ ALLOW = "GET, HEAD, DELETE"
 UNAVAILABLE_RETRY_AFTER = 5
 #: Bytes of form body read for the cancel button (``action=cancel`` is 13 bytes).
 MAX_CANCEL_FORM = 1024
+#: Seconds a poll without ``Prefer: wait`` may be held, at most, when its task is estimated
+#: to end within that time (docs/protocol.md, "Holds"): a client that polls at once and then
+#: sleeps ``Retry-After`` gets a short job's result without a wasted second.
+BRIEF_HOLD_MAX = 1.0
+#: Seconds added to the estimate when briefly holding: estimates are medians, not promises.
+BRIEF_HOLD_SLACK = 0.1
+#: Seconds a poll is held when the route has no history yet and the task is young
+#: (under :data:`YOUNG_TASK` seconds old): most deferred work is short.
+UNKNOWN_BRIEF_HOLD = 0.25
+YOUNG_TASK = 1.0
 
 
-def retry_after(record: TaskRecord) -> int:
-    """Seconds until the next poll: quick for young tasks, slower for long ones."""
-    age = time.time() - record.created
-    if age < 10:
-        return 1
-    if age < 60:
-        return 2
-    return 5
+def retry_after(record: TaskRecord, remaining: float | None = None) -> int:
+    """Whole seconds until the next poll (>= 1): see :func:`retry_after_seconds`."""
+    return retry_after_seconds(remaining, time.time() - record.created)
 
 
 def respond(
@@ -83,11 +93,18 @@ class StatusEndpoint:
         max_wait: float,
         owner_of: Callable[[dict[str, Any]], str | None],
         on_cancel: Callable[[str], None],
+        holds: HoldBudget | None = None,
+        history: DurationHistory | None = None,
+        queue: Callable[[], tuple[int, int]] = lambda: (0, 1),
     ) -> None:
         self._store = store_getter
         self.max_wait = max_wait
         self.owner_of = owner_of
         self.on_cancel = on_cancel
+        self.holds = holds if holds is not None else HoldBudget()
+        self.history = history if history is not None else DurationHistory()
+        #: ``() -> (queued tasks, worker threads)`` of this process, for queued estimates.
+        self.queue = queue
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse, task_id: str, url: str
@@ -136,12 +153,21 @@ class StatusEndpoint:
         store = self._store(environ)
         record = self._visible(environ, store.get(task_id))
         wait = parse_prefer(environ.get("HTTP_PREFER")).wait
-        if record is not None and not record.state.is_final and wait:
-            # Long poll (RFC 7240 "wait"): hold the request until the task ends.
-            record = self._visible(environ, store.wait(task_id, min(wait, self.max_wait)))
+        applied: list[tuple[str, str]] = []
+        if record is not None and not record.state.is_final:
+            # Long poll (RFC 7240 "wait") or a brief hold of a task about to end; either
+            # only within the hold budget, else answered at once (docs/protocol.md, "Holds").
+            seconds = min(wait, self.max_wait) if wait else self._brief_hold(record)
+            if seconds > 0:
+                with self.holds.hold(environ, POLL) as held:
+                    if held:
+                        record = self._visible(environ, store.wait(task_id, seconds))
+                        if wait:
+                            applied = [("Preference-Applied", f"wait={math.ceil(seconds)}")]
         if record is None:
             return self.not_found(start_response, html, head)
         if record.state is TaskState.DONE:
+            self.history.observe(record)
             reader = store.open_body(task_id)
             if reader is None:  # deleted or expired between the two reads
                 return self.not_found(start_response, html, head)
@@ -153,7 +179,24 @@ class StatusEndpoint:
         if record.state.is_final:  # failed or lost
             body, ctype = render_status(record, url, html)
             return respond(start_response, "500 Internal Server Error", body, ctype, head=head)
-        return self.accepted(start_response, record, url, html, head)
+        return self.accepted(start_response, record, url, html, head, applied)
+
+    def remaining(self, record: TaskRecord) -> float | None:
+        """Seconds *record* probably has left (see :mod:`wsgi_deferred.estimate`)."""
+        queued, workers = self.queue()
+        return self.history.remaining(record, queued_ahead=queued - 1, workers=workers)
+
+    def _brief_hold(self, record: TaskRecord) -> float:
+        """Seconds to hold a poll that did not ask to wait: > 0 only when the task should
+        end within :data:`BRIEF_HOLD_MAX`, by its route's history (or, with none yet, while
+        the task is young)."""
+        remaining = self.remaining(record)
+        if remaining is None:
+            young = time.time() - record.created < YOUNG_TASK
+            return UNKNOWN_BRIEF_HOLD if young else 0.0
+        if remaining > BRIEF_HOLD_MAX:
+            return 0.0
+        return min(BRIEF_HOLD_MAX, remaining + max(BRIEF_HOLD_SLACK, remaining / 2))
 
     def accepted(
         self,
@@ -165,11 +208,15 @@ class StatusEndpoint:
         extra_headers: Iterable[tuple[str, str]] = (),
     ) -> list[bytes]:
         """The ``202 Accepted`` for a queued or running task (also the first answer)."""
-        seconds = retry_after(record)
-        body, ctype = render_status(record, url, html, refresh=seconds)
+        remaining = self.remaining(record)
+        seconds = retry_after(record, remaining)
+        # A person watching a page wants to see progress: reload at the age-based pace
+        # (1 s while young) unless the estimate says the end comes sooner.
+        refresh = min(seconds, retry_after(record)) if html else seconds
+        body, ctype = render_status(record, url, html, refresh=refresh, estimate=remaining)
         headers = [("Location", url), ("Retry-After", str(seconds)), ("Vary", "Accept, Prefer")]
         if html:
-            headers.append(("Refresh", f"{seconds}; url={url}"))
+            headers.append(("Refresh", f"{refresh}; url={url}"))
         headers += extra_headers
         return respond(start_response, "202 Accepted", body, ctype, headers, head)
 
@@ -177,7 +224,7 @@ class StatusEndpoint:
         self, start_response: StartResponse, html: bool, head: bool = False
     ) -> list[bytes]:
         # One body for unknown, expired, deleted, cancelled and not-yours: existence is never
-        # revealed (DESIGN.md, Security).
+        # revealed (docs/protocol.md, "Errors").
         body, ctype = render_message("404 Not Found", "no such task", html)
         return respond(start_response, "404 Not Found", body, ctype, head=head)
 

@@ -218,6 +218,9 @@ _MIDDLEWARE_FLAGS: tuple[tuple[str, str, str], ...] = (
      "'authorization' (the Authorization header), 'cookie:NAME' or 'remote_user'; others "
      "get 404 (default: off)"),
     ("--max-wait", "max_wait", "longest a 'Prefer: wait=N' request is held (default: 25)"),
+    ("--max-holds", "max_holds", "requests each worker process may hold at once (long polls "
+     "with 'Prefer: wait', inline waits); past it they are answered at once (default: a "
+     "quarter of --threads, 2 with --threads 8; 'auto' outside serve)"),
     ("--drain-timeout", "drain_timeout", "seconds running tasks get to finish when a worker "
      "stops (default: 25)"),
     ("--metrics-path", "metrics_path", "serve Prometheus metrics at this path, e.g. "

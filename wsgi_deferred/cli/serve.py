@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..factory import load_app
+from ..holds import holds_for_threads
 from ..middleware import DeferredMiddleware
 from .options import (
     GRACE_MARGIN,
@@ -126,6 +127,17 @@ def gunicorn_settings(args: argparse.Namespace, options: dict[str, Any]) -> dict
     return settings
 
 
+def serve_options(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any]:
+    """The middleware's options under ``serve``: flags over WSGI_DEFERRED_* variables, and a
+    hold budget from ``--threads`` unless one was given."""
+    options = middleware_options(args, environ)
+    if options.get("max_holds") is None:
+        # Only serve knows how many request threads a worker has (no environ key says it):
+        # leave three quarters of them to the app's pages (docs/protocol.md, "Holds").
+        options["max_holds"] = holds_for_threads(args.gunicorn_threads)
+    return options
+
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 
 
@@ -157,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         from gunicorn.app.base import BaseApplication
     except ImportError:
         raise UsageError("serve needs gunicorn: pip install 'wsgi_deferred[gunicorn]'") from None
-    options = middleware_options(args, dict(os.environ))
+    options = serve_options(args, dict(os.environ))
     metrics_dir = prometheus_multiprocess(options)  # before anything imports prometheus_client
     master = os.getpid()
     try:

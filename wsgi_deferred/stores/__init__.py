@@ -27,7 +27,7 @@ REDIS_SCHEMES = (
 
 
 def default_store_url(multiprocess: bool) -> str:
-    """The store ``store=None`` picks (DESIGN.md, Stores).
+    """The store ``store=None`` picks (docs/protocol.md, "The Store interface").
 
     One process: ``memory://``. Several (``wsgi.multiprocess`` true, e.g. ``gunicorn -w 4``):
     a SQLite file shared by the workers of *this deployment* and no other. A deployment is

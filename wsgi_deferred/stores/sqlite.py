@@ -6,7 +6,8 @@ writer) with ``synchronous=NORMAL``; each thread of each process has its own con
 process forked after the store was used (``gunicorn --preload``) opens fresh ones. A result body
 of at most ``INLINE_BODY_MAX_BYTES`` (64 KiB) is a BLOB in its task's row, written by the same
 conditional UPDATE that marks the task done; a larger one is a file in ``<database>.bodies/``
-beside the database, streamed from disk and never held in memory or in the database.
+beside the database, streamed from disk and never held in memory or in the database. Long
+polls are woken by datagrams between the processes (:mod:`.sqlite_wake`), not by re-reading.
 
 Schema version 2 (``PRAGMA user_version``) added the ``body`` column; a version-1 database gets
 it when first opened. Older processes cannot serve inline bodies (404): upgrade them all at once.
@@ -46,6 +47,7 @@ from ..task import TaskRecord, TaskState
 from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .private import PRIVATE_DIR_MODE, create_private_file
 from .sqlite_db import POLL_MAX, POLL_MIN, ConnectionPerThread
+from .sqlite_wake import FALLBACK_SECONDS, WakeChannel
 
 __all__ = ["INLINE_BODY_MAX_BYTES", "SQLiteStore"]
 
@@ -95,6 +97,8 @@ class SQLiteStore(Store):
         self._generation = 0  # bumped by every final transition made through this instance
         self._cond_pid = os.getpid()
         self._changed = threading.Condition()
+        #: Wake-ups from the other processes of this database (docs/protocol.md, "Holds").
+        self._wake = WakeChannel(self.path, self._wake_local)
 
     @classmethod
     def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SQLiteStore:
@@ -121,6 +125,11 @@ class SQLiteStore(Store):
         return self._changed
 
     def _notify(self) -> None:
+        """A task ended through this instance: wake this process's waiters, and the others'."""
+        self._wake_local()
+        self._wake.broadcast()
+
+    def _wake_local(self) -> None:
         changed = self._condition()
         with changed:
             self._generation += 1
@@ -322,6 +331,8 @@ class SQLiteStore(Store):
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + max(0.0, timeout)
         pause = POLL_MIN
+        # With wake-ups from the other processes, re-reading the row is only a safety net.
+        woken = timeout > 0 and self._wake.listen()
         while True:
             changed = self._condition()
             with changed:
@@ -330,10 +341,10 @@ class SQLiteStore(Store):
             remaining = deadline - time.monotonic()
             if record is None or record.state.is_final or remaining <= 0:
                 return record
-            nap = min(pause, remaining)
+            nap = min(FALLBACK_SECONDS if woken else pause, remaining)
             if record.lease_expires is not None:  # wake when the lease would run out
                 nap = min(nap, max(0.001, record.lease_expires - time.time()))
-            # Another process's writes are only seen by polling; this process's wake us at once.
+            # This process's finishes and (through WakeChannel) the others' wake us at once.
             with changed:
                 if self._generation == seen:
                     changed.wait(nap)
@@ -382,6 +393,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
+        self._wake.close()
 
     # -- per-client admission (docs/security.md, "Limits") ---------------------------------
     # One table shared by every process of the host; each acquire is one BEGIN IMMEDIATE
