@@ -60,6 +60,9 @@ class Job:
         self.done = threading.Event()
         #: Set by a local DELETE, a lease renewal that was refused, or shutdown.
         self.cancel_flag = threading.Event()
+        #: Set (under ``lock``, before ``cancel_flag``) when shutdown gave up on the job:
+        #: whatever the app returns afterwards is a cut-short answer, never the result.
+        self.abandoned = False
         self._last_cancel_check = 0.0
         #: Outcome kept for an inline answer (detached jobs only).
         self.response: BufferedResponse | None = None
@@ -188,6 +191,21 @@ class TaskRunner:
         finally:
             job.snapshot.discard()
         with job.lock:
+            if job.abandoned:
+                # Shutdown cut it short: the app saw cancelled() and returned early, so its
+                # answer is not the result (docs/protocol.md, "Shutdown").
+                if response is not None:
+                    response.body.discard()
+                job.response, job.exc_info = None, None
+                job.done.set()
+                cut_short = job.attached
+            else:
+                cut_short = False
+        if job.abandoned:
+            if cut_short:
+                self._give_up(job, "the server process stopped before this task finished")
+            return
+        with job.lock:
             job.state = TaskState.DONE if response is not None else TaskState.FAILED
             if not job.attached:
                 # Detached: the inline waiter takes the outcome (and re-raises an error).
@@ -246,7 +264,10 @@ class TaskRunner:
                 job.cancel_flag.set()  # cancelled, deleted or declared lost elsewhere
 
     def abandon(self, job: Any, reason: str) -> None:
-        """Shutdown gave up on *job*: make sure no client waits for it forever."""
+        """Shutdown gave up on *job*: make sure no client waits for it forever, and that
+        nothing the app returns after this is stored as its result."""
+        with job.lock:
+            job.abandoned = True
         job.cancel_flag.set()
         with job.lock:
             attached = job.attached
@@ -260,5 +281,9 @@ class TaskRunner:
                     job.done.set()
                     return
         if attached and not job.done.is_set():
-            self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
+            self._give_up(job, reason)
+
+    def _give_up(self, job: Job, reason: str) -> None:
+        """End an attached job this process will not finish: it reads ``lost``."""
+        if self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl):
             logger.warning("task %s: marked lost: %s", job.id, reason)
