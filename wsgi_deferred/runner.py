@@ -63,6 +63,8 @@ class Job:
         #: Set (under ``lock``, before ``cancel_flag``) when shutdown gave up on the job:
         #: whatever the app returns afterwards is a cut-short answer, never the result.
         self.abandoned = False
+        #: True once ``cancelled()`` answered True to the app.
+        self.cancel_seen = False
         self._last_cancel_check = 0.0
         #: Outcome kept for an inline answer (detached jobs only).
         self.response: BufferedResponse | None = None
@@ -105,6 +107,7 @@ class Job:
     def is_cancelled(self) -> bool:
         """``environ["wsgi_deferred.cancelled"]``: True once the client cancelled the task."""
         if self.cancel_flag.is_set():
+            self.cancel_seen = True
             return True
         now = time.monotonic()
         if self.attached and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
@@ -115,7 +118,10 @@ class Job:
                 return False
             if record is None or record.state is TaskState.CANCELLED:
                 self.cancel_flag.set()
-        return self.cancel_flag.is_set()
+        if self.cancel_flag.is_set():
+            self.cancel_seen = True
+            return True
+        return False
 
 
 class TaskRunner:
@@ -191,19 +197,20 @@ class TaskRunner:
         finally:
             job.snapshot.discard()
         with job.lock:
-            if job.abandoned:
-                # Shutdown cut it short: the app saw cancelled() and returned early, so its
-                # answer is not the result (docs/protocol.md, "Shutdown").
+            # Shutdown cut it short: an attached job's answer is never the result (the
+            # store already reads lost, or will); a detached one's inline client still
+            # waits here, and gets the answer unless the app saw cancelled() and returned
+            # early (docs/protocol.md, "Shutdown").
+            cut = job.abandoned and (job.attached or job.cancel_seen)
+            if cut:
                 if response is not None:
                     response.body.discard()
-                job.response, job.exc_info = None, None
-                job.done.set()
-                cut_short = job.attached
-            else:
-                cut_short = False
-        if job.abandoned:
-            if cut_short:
+                job.response, job.exc_info = None, None  # a waiter inline answers 503
+                attached = job.attached
+        if cut:
+            if attached:
                 self._give_up(job, "the server process stopped before this task finished")
+            job.done.set()
             return
         with job.lock:
             job.state = TaskState.DONE if response is not None else TaskState.FAILED
