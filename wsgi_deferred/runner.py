@@ -97,7 +97,7 @@ class Job:
             message=self.message,
             owner=self.owner,
             label=self.snapshot.label,
-            lease_expires=time.time() + self.runner.lease_timeout,
+            lease_expires=time.time() + self.runner.lease_for(self.state),
             attempts=self.attempts,
             max_attempts=self.max_attempts,
         )
@@ -165,12 +165,21 @@ class TaskRunner:
         self.debug = debug
         #: Runs allowed for a request: ``max_attempts`` on a ``retry`` rule, else 1.
         self.max_attempts_for = max_attempts_for
-        #: Set by executors that run tasks elsewhere: every task's request is kept in the store.
+        #: Set by executors that run tasks elsewhere: every task's request is kept in the store,
+        #: and a queued task's lease lasts ``queued_lease`` seconds (None: lease_timeout).
         self.keep_requests = False
+        self.queued_lease: float | None = None
 
     @property
     def store(self) -> Store:
         return self._store_getter()
+
+    def lease_for(self, state: TaskState) -> float:
+        """Seconds of a new record's lease: a task queued at a remote engine waits in its
+        queue, where nobody renews it, for up to ``queued_lease`` seconds."""
+        if state is TaskState.QUEUED and self.queued_lease is not None:
+            return max(self.queued_lease, self.lease_timeout)
+        return self.lease_timeout
 
     @property
     def retries(self) -> bool:

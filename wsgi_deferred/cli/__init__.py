@@ -27,6 +27,7 @@ from .options import (
     fail,
 )
 from .serve import probe, serve
+from .worker import build_worker_parser, worker
 
 __all__ = ["main", "probe"]
 
@@ -36,6 +37,7 @@ __all__ = ["main", "probe"]
 COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], int]]] = {
     "serve": (build_serve_parser, serve),
     "check": (build_check_parser, check),
+    "worker": (build_worker_parser, worker),
 }
 
 
@@ -45,12 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "--version"):
         parser = build_main_parser()
         if not args:
-            fail(f"{PROG}: error: a command is needed: serve or check (see '{PROG} --help')")
+            fail(
+                f"{PROG}: error: a command is needed: serve, check or worker (see '{PROG} --help')"
+            )
         parser.parse_args(args)  # prints help or version and exits 0
     command = args[0]
     if command not in COMMANDS:
         fail(
-            f"{PROG}: error: unknown command {command!r}: expected serve or check "
+            f"{PROG}: error: unknown command {command!r}: expected serve, check or worker "
             f"(see '{PROG} --help')"
         )
     build_parser, run = COMMANDS[command]

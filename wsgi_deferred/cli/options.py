@@ -37,6 +37,7 @@ COMMANDS_EPILOG = """\
 commands:
   serve      run the application behind the middleware under gunicorn
   check      show which sample requests a set of rules would defer
+  worker     run the execution tier's worker (executor=celery+... or rq+...)
 
 Run "wsgi-deferred serve --help" or "wsgi-deferred check --help" for their options.
 
@@ -428,7 +429,7 @@ def build_check_parser() -> _Parser:
 def build_main_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} {{serve,check}} ...",
+        usage=f"{PROG} {{serve,check,worker}} ...",
         description=DESCRIPTION,
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -31,12 +31,15 @@ from ..task import TaskState
 if TYPE_CHECKING:
     from ..runner import TaskRunner
 
-__all__ = ["SWEEP_BATCH", "Executor"]
+__all__ = ["QUEUED_LEASE", "SWEEP_BATCH", "Executor"]
 
 logger = logging.getLogger("wsgi_deferred")
 
 #: Retry candidates one sweep looks at, at most (the sweep stays cheap on a big store).
 SWEEP_BATCH = 100
+#: Seconds a task sent to a remote engine may wait in its queue (nobody renews its lease
+#: there) before it reads ``lost``; RabbitMQ's own consumer_timeout is 30 minutes.
+QUEUED_LEASE = 3600.0
 
 
 class Executor(WorkerPool):
@@ -50,6 +53,7 @@ class Executor(WorkerPool):
         super().__init__(**{**options, **pool_options})
         self.runner = runner
         runner.keep_requests = self.remote
+        runner.queued_lease = QUEUED_LEASE if self.remote else None
         self._sweeper_pid = 0
         self._sweep_stop = threading.Event()
         #: task id -> monotonic time of its last re-submission from this process

@@ -89,7 +89,7 @@ class CeleryExecutor(Executor):
             raise ConfigurationError(f"not a celery.Celery app: {engine!r}")
         self.celery = engine
         self.queue = queue
-        self._main_pid = 0  # set by run_worker: only that process sweeps
+        self._in_worker = False  # set by run_worker
 
     # -- the web side -------------------------------------------------------------------------
 
@@ -127,9 +127,11 @@ class CeleryExecutor(Executor):
         return self.send(task_id)
 
     def ensure_sweeper(self) -> None:
-        if self._main_pid and os.getpid() != self._main_pid:
-            return  # a worker's pool child: the worker's main process sweeps
-        super().ensure_sweeper()
+        # The web tier sweeps. A worker's main process must not (its store connections would
+        # cross the fork of every new pool child, which SQLite forbids), nor its children
+        # (one sweeper per pool child is too many).
+        if not self._in_worker:
+            super().ensure_sweeper()
 
     # -- the worker side ----------------------------------------------------------------------
 
@@ -143,8 +145,7 @@ class CeleryExecutor(Executor):
                 return
             runner.run_delivered(task_id)
 
-        self._main_pid = os.getpid()
-        self.ensure_sweeper()  # re-submits what died with a worker even when the web is idle
+        self._in_worker = True
         argv = [
             "worker",
             "--pool=prefork",
