@@ -48,10 +48,12 @@ class Executor(WorkerPool):
     #: True when attached tasks run in other processes (a ``wsgi-deferred worker``).
     remote = False
 
-    def __init__(self, runner: TaskRunner, **pool_options: Any) -> None:
+    def __init__(self, runner: TaskRunner, *, engine: Any = None, **pool_options: Any) -> None:
         options = {"on_heartbeat": runner.heartbeat, "on_abandon": runner.abandon}
         super().__init__(**{**options, **pool_options})
         self.runner = runner
+        #: What followed ``<scheme>+`` in the executor URL, or the engine object given.
+        self.engine = engine
         runner.keep_requests = self.remote
         runner.queued_lease = QUEUED_LEASE if self.remote else None
         self._sweeper_pid = 0

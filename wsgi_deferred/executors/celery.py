@@ -79,7 +79,6 @@ class CeleryExecutor(Executor):
         runner: TaskRunner,
         *,
         engine: str | Celery,
-        queue: str = DEFAULT_QUEUE,
         **options: Any,
     ) -> None:
         super().__init__(runner, **options)
@@ -88,7 +87,8 @@ class CeleryExecutor(Executor):
         elif not isinstance(engine, Celery):
             raise ConfigurationError(f"not a celery.Celery app: {engine!r}")
         self.celery = engine
-        self.queue = queue
+        #: The queue both tiers use: the app's ``wsgi_deferred_queue`` setting, if any.
+        self.queue: str = engine.conf.get("wsgi_deferred_queue") or DEFAULT_QUEUE
         self._in_worker = False  # set by run_worker
 
     # -- the web side -------------------------------------------------------------------------
