@@ -184,6 +184,6 @@ def test_with_a_memory_store_nothing_is_kept_for_retries(built: list[DeferredMid
 
     middleware = make(built, store="memory://", retry=["POST /echo"])
     accepted = request(middleware, "POST", "/echo", data=b"x")
-    assert result_of(middleware, accepted).code == 200
+    assert result_of(middleware, accepted).code == 201  # echo_app answers 201 Created
     assert middleware.get_store().load_request(accepted.task_id) is None
     assert middleware.get_store().get(accepted.task_id).max_attempts == 1  # type: ignore[union-attr]
