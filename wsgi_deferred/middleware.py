@@ -142,7 +142,7 @@ class DeferredMiddleware:
             debug=debug,
             max_attempts_for=self._max_attempts_for if self.retry else None,
         )
-        #: Where tasks run (docs/protocol.md, "Execution tier"); ``pool`` is the same object.
+        #: Where tasks run (docs/execution.md, "Execution tier"); ``pool`` is the same object.
         self.executor = self.pool = open_executor(
             executor,
             self.runner,

@@ -74,7 +74,7 @@ def status_document(record: TaskRecord, status_url: str) -> dict[str, Any]:
         "started": _iso(record.started),
         "finished": _iso(record.finished),
         "elapsed": round(max(0.0, end - record.created), 3),
-        "attempts": record.attempts,  # runs started (more than 1: retried, docs/protocol.md)
+        "attempts": record.attempts,  # runs started (more than 1: retried, docs/execution.md)
     }
 
 

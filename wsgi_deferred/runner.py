@@ -76,7 +76,7 @@ class Job:
         self.response: BufferedResponse | None = None
         self.exc_info: ExcInfo | None = None
         #: Runs allowed (``max_attempts`` on a retry rule with a shared store, else 1), runs
-        #: started, and whether the store keeps the captured request (docs/protocol.md).
+        #: started, and whether the store keeps the captured request (docs/execution.md).
         self.max_attempts = 1
         self.attempts = 0
         self.kept_request = False
@@ -190,7 +190,7 @@ class TaskRunner:
         """Put *job*'s record in the store (raises StoreUnavailable). Caller holds job.lock
         for a detached job that may be running. With a shared store, the captured request
         goes there first when another process may have to run it: always for a remote
-        executor, on a ``retry`` rule for the thread pool (docs/protocol.md, "Retries")."""
+        executor, on a ``retry`` rule for the thread pool (docs/execution.md, "Retries")."""
         store = self.store
         if store.shared and self.max_attempts_for is not None:
             job.max_attempts = max(1, self.max_attempts_for(job.snapshot))
@@ -252,7 +252,7 @@ class TaskRunner:
             # Shutdown cut it short: an attached job's answer is never the result (the
             # store already reads lost, or will); a detached one's inline client still
             # waits here, and gets the answer unless the app saw cancelled() and returned
-            # early (docs/protocol.md, "Shutdown").
+            # early (docs/execution.md, "Shutdown").
             cut = job.abandoned and (job.attached or job.cancel_seen)
             if cut:
                 if response is not None:
@@ -354,7 +354,7 @@ class TaskRunner:
     def _give_up(self, job: Job, reason: str) -> None:
         """End an attached job this process will not finish: on a retry rule with runs left
         its lease is let go at once, so the store re-queues it for another process (the
-        retry sweeper, docs/protocol.md); otherwise it reads ``lost``."""
+        retry sweeper, docs/execution.md); otherwise it reads ``lost``."""
         if self._may_run_again(job) and self.store.renew([job.id], time.time() - LEASE_LET_GO):
             logger.warning("task %s: let go for another process to run: %s", job.id, reason)
             return

@@ -98,7 +98,7 @@ class TaskRecord:
 
     def may_run_again(self) -> bool:
         """True when a running task whose lease lapsed is re-queued instead of ``lost``:
-        it is on a ``retry`` rule and has runs left (docs/protocol.md, "Retries")."""
+        it is on a ``retry`` rule and has runs left (docs/execution.md, "Retries")."""
         return (
             self.state is TaskState.RUNNING
             and self.max_attempts > 1

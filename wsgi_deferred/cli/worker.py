@@ -4,7 +4,7 @@ APP is the same import string as for ``serve``. When it names a
 :class:`~wsgi_deferred.DeferredMiddleware` (``wrap(...)`` included) its store, executor, rules
 and options are used as they are; a plain WSGI app is wrapped with the flags and
 ``WSGI_DEFERRED_*`` variables, as ``serve`` does. APP is imported once, in this process, before
-the engine forks its pool children (docs/protocol.md, "Execution tier"). An APP that does not
+the engine forks its pool children (docs/execution.md, "Execution tier"). An APP that does not
 import, names no shared store, or no remote executor, is a usage error: one line, exit 2.
 """
 

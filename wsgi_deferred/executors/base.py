@@ -1,4 +1,4 @@
-"""The executor interface: where deferred tasks run (docs/protocol.md, "Execution tier").
+"""The executor interface: where deferred tasks run (docs/execution.md, "Execution tier").
 
 Every executor is a :class:`~wsgi_deferred.pool.WorkerPool` (admission control, the local
 threads, the lease heartbeat, the drain at exit) plus three decisions of its own:

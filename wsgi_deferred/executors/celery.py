@@ -1,5 +1,5 @@
 """The Celery executor: ``executor="celery+amqp://guest@host//"``, ``"celery+redis://host/1"``
-or a ``celery.Celery`` app (docs/protocol.md, "Execution tier").
+or a ``celery.Celery`` app (docs/execution.md, "Execution tier").
 
 The web process keeps the captured request in the (shared) store and sends Celery only the
 task id, by name (``send_task``): it needs no task code, and no payload travels through the
@@ -44,7 +44,7 @@ DEFAULT_QUEUE = "wsgi_deferred"
 CONNECT_TIMEOUT = 4.0
 #: Publishing retries when the broker connection drops: bounded, so a request never hangs.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
-#: Task options of the worker side (the research note in docs/protocol.md gives the reasons).
+#: Task options of the worker side (the research note in docs/execution.md gives the reasons).
 TASK_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,

@@ -21,7 +21,7 @@ Rules common to every method:
   reported by :meth:`get` and :meth:`wait` as ``lost`` (and the store may persist that), so
   that no client ever polls a task that will never finish. Every other method treats it as
   ``lost`` too: it cannot be claimed, renewed or finished, and ``cancel`` deletes it.
-  One exception (retries, docs/protocol.md): a ``running`` task with ``max_attempts > 1``
+  One exception (retries, docs/execution.md): a ``running`` task with ``max_attempts > 1``
   and ``attempts < max_attempts`` whose lease passed becomes ``queued`` again instead,
   with ``lease_expires = now + RETRY_WINDOW`` (:meth:`TaskRecord.may_run_again`).
 """
@@ -154,7 +154,7 @@ class Store(abc.ABC):
 
     # -- execution tier: captured requests, the delivery gate, retries --------------------
     # Non-abstract, so stores written before them keep working (without retries or remote
-    # executors). Shared stores implement them; see docs/protocol.md, "Execution tier".
+    # executors). Shared stores implement them; see docs/execution.md, "Execution tier".
 
     def deliver(self, task_id: str, lease_expires: float) -> TaskRecord | None:
         """The gate every delivery passes: a final task, or one whose lease is held and live,

@@ -114,7 +114,7 @@ redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires'
 redis.call('HINCRBY', task, 'attempts', 1)
 leased_until(tonumber(ARGV[4]))
 return 1""",
-    # The delivery gate (docs/protocol.md, "Execution tier"): claim, and hand back the record.
+    # The delivery gate (docs/execution.md, "Execution tier"): claim, and hand back the record.
     "deliver": """
 if live() ~= 'queued' then return false end
 redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[4])
