@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-SECTIONS = ("passthrough", "roundtrip", "bigresponse", "waiting")
+SECTIONS = ("passthrough", "roundtrip", "bigresponse", "waiting", "tier")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from benchmarks import bigresponse, passthrough, report, roundtrip, waiting
+    from benchmarks import bigresponse, passthrough, report, roundtrip, tier, waiting
     from benchmarks.common import file_create_micros, load_average, machine
 
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so every server is stopped.
@@ -94,6 +94,8 @@ def main(argv: list[str]) -> int:
                 )
             elif name == "waiting":
                 section = waiting.run(args.quick, log_dir, tmp, args.celery_pool)
+            elif name == "tier":
+                section = tier.run(args.quick, log_dir, tmp)
             else:
                 section = bigresponse.run(args.quick, log_dir, tmp)
             section.seconds = time.monotonic() - began

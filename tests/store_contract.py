@@ -406,6 +406,106 @@ class StoreContract:
         for task_id in won:
             store.release_slot(client, task_id)
 
+    # -- execution tier: attempts, the delivery gate, retries, captured requests (issue 10) --
+
+    def test_claim_and_deliver_count_attempts(self, store: Store) -> None:
+        first, second = new_record(), new_record()
+        store.create(first)
+        store.create(second)
+        assert store.claim(first.id, time.time() + 30) is True
+        assert store.get(first.id).attempts == 1  # type: ignore[union-attr]
+        delivered = store.deliver(second.id, time.time() + 30)
+        assert delivered is not None
+        assert (delivered.state, delivered.attempts) == (TaskState.RUNNING, 1)
+        assert delivered.started is not None
+
+    def test_deliver_skips_a_live_lease_and_a_final_task(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 30) is not None
+        assert store.deliver(record.id, time.time() + 30) is None  # lease held and live
+        assert store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + HOUR)
+        assert store.deliver(record.id, time.time() + 30) is None  # final
+        assert store.get(record.id).attempts == 1  # type: ignore[union-attr]
+        assert store.deliver(new_task_id(), time.time() + 30) is None  # unknown
+
+    def test_lapsed_lease_on_a_retry_rule_requeues_until_attempts_run_out(
+        self, store: Store
+    ) -> None:
+        record = new_record(max_attempts=2)
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 0.2) is not None
+        time.sleep(0.3)
+        again = store.get(record.id)
+        assert again is not None and again.state is TaskState.QUEUED, again
+        assert again.attempts == 1
+        assert again.lease_expires is not None and again.lease_expires > time.time() + 10
+        second = store.deliver(record.id, time.time() + 0.2)
+        assert second is not None and second.attempts == 2
+        time.sleep(0.3)
+        final = store.get(record.id)
+        assert final is not None and final.state is TaskState.LOST  # no runs left
+        assert store.deliver(record.id, time.time() + 30) is None
+
+    def test_lapsed_lease_off_the_retry_rules_reads_lost(self, store: Store) -> None:
+        record = new_record()  # max_attempts=1
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 0.2) is not None
+        time.sleep(0.3)
+        assert store.get(record.id).state is TaskState.LOST  # type: ignore[union-attr]
+        assert store.deliver(record.id, time.time() + 30) is None
+
+    def test_a_requeued_task_that_nobody_runs_reads_lost_in_the_end(self, store: Store) -> None:
+        record = new_record(max_attempts=3, lease_expires=time.time() + 0.2)
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 0.2) is not None
+        time.sleep(0.3)
+        assert store.get(record.id).state is TaskState.QUEUED  # type: ignore[union-attr]
+        # A queued task's lease running out is `lost`, retry rule or not.
+        assert store.renew([record.id], time.time() + 0.1) == {record.id}
+        time.sleep(0.2)
+        assert store.get(record.id).state is TaskState.LOST  # type: ignore[union-attr]
+
+    def test_captured_request_round_trips_in_chunks(self, store: Store) -> None:
+        record = new_record(max_attempts=2)
+        store.create(record)
+        data = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: several chunks everywhere
+        body = body_of(data, threshold=1024)
+        meta = b'{"REQUEST_METHOD": "POST"}'
+        store.save_request(record.id, meta, body)
+        assert body.open().read(4) == data[:4], "the caller keeps its body"
+        body.discard()
+        kept = store.load_request(record.id)
+        assert kept is not None
+        got_meta, reader = kept
+        with reader:
+            assert got_meta == meta
+            assert reader.read() == data
+        assert record.id in store.retry_candidates(100)
+        store.delete_request(record.id)
+        assert store.load_request(record.id) is None
+        assert record.id not in store.retry_candidates(100)
+        store.delete_request(record.id)  # idempotent
+
+    def test_empty_captured_request(self, store: Store) -> None:
+        record = new_record()
+        store.create(record)
+        store.save_request(record.id, b"{}", SpooledBody())
+        kept = store.load_request(record.id)
+        assert kept is not None
+        with kept[1] as reader:
+            assert (kept[0], reader.read()) == (b"{}", b"")
+        assert store.load_request(new_task_id()) is None
+
+    def test_attempts_survive_the_end_states(self, store: Store) -> None:
+        record = new_record(max_attempts=3)
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 30) is not None
+        assert store.finish(record.id, "200 OK", [], body_of(b"ok"), time.time() + HOUR)
+        done = store.get(record.id)
+        assert done is not None and (done.attempts, done.max_attempts) == (1, 3)
+
+
 
 # -- listing (Store.list_tasks: the operator's view) ----------------------------------------------
 

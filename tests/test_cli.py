@@ -133,7 +133,7 @@ def submit(server: Gunicorn, path: str, body: bytes = b"", headers: dict[str, st
 def test_top_level_help_and_version(app_dir: Path) -> None:
     helped = run("--help", cwd=app_dir)
     assert helped.returncode == 0
-    for text in ("usage: wsgi-deferred {serve,check,tasks}", "202 Accepted", "serve ", "tasks "):
+    for text in ("usage: wsgi-deferred {serve,check,tasks,worker}", "202 Accepted", "serve ", "tasks ", "worker "):
         assert text in helped.stdout
     version = run("--version", cwd=app_dir)
     assert (version.returncode, version.stdout.strip()) == (0, "wsgi-deferred 0.1.0")
@@ -198,8 +198,8 @@ USAGE_ERRORS = [
     (["serve"], {}, "the following arguments are required: TARGET"),
     (["serve", APP, "--chdir", "/nonexistent/dir"], {},
      "--chdir '/nonexistent/dir': No such file or directory"),
-    (["frob"], {}, "unknown command 'frob': expected serve, check or tasks"),
-    ([], {}, "a command is needed: serve, check or tasks"),
+    (["frob"], {}, "unknown command 'frob': expected serve, check, tasks or worker"),
+    ([], {}, "a command is needed: serve, check, tasks or worker"),
     (["check", "--route", "POST /r/<id>", "GET"], {},
      "sample request 'GET': expected '[METHOD] PATH'"),
     (["check", "--route", "POST /r/<id>", "POST /a b c"], {}, "sample request 'POST /a b c'"),

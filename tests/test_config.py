@@ -199,6 +199,9 @@ def _inspect(middleware: DeferredMiddleware, name: str) -> object:
         "drain_timeout": lambda m: m.pool.drain_timeout,
         "debug": lambda m: m.runner.debug,
         "metrics_path": lambda m: m.metrics_path,
+        "executor": lambda m: type(m.executor).__name__,
+        "retry": lambda m: list(m.retry.specs),
+        "max_attempts": lambda m: m.max_attempts,
     }[name](middleware)
 
 
@@ -222,6 +225,9 @@ ENV_CASES = [
     ("drain_timeout", "3", 3.0, 25.0),
     ("debug", "yes", True, False),
     ("metrics_path", "/_m", "/_m", None),
+    ("executor", "celery+redis://127.0.0.1:6379/1", "CeleryExecutor", "ThreadExecutor"),
+    ("retry", "POST /render/<id>", ["POST /render/<id>"], []),
+    ("max_attempts", "5", 5, 3),
 ]
 
 

@@ -281,7 +281,7 @@ def test_version_1_database_gets_the_body_column(db: str) -> None:
     store.create(record)
     assert store.finish(record.id, "200 OK", [], body_of(b"v2"), time.time() + HOUR)
     assert read_all(store, record.id) == b"v2"
-    assert store._connection().execute("PRAGMA user_version").fetchone() == (2,)
+    assert store._connection().execute("PRAGMA user_version").fetchone() == (3,)
     assert SQLiteStore(db).get(record.id) is not None  # a second instance finds it done
 
 

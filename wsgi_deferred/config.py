@@ -152,6 +152,20 @@ def _store(text: str) -> str:
     return text
 
 
+def _executor(text: str) -> str | None:
+    from .executors import SCHEMES
+
+    if text.lower() in _NONE_WORDS or text.lower() == "threads":
+        return None
+    scheme, plus, rest = text.partition("+")
+    if not plus or scheme.lower() not in SCHEMES or "://" not in rest:
+        raise ValueError(
+            "expected threads, celery+amqp://user@host//, celery+redis://host:6379/1 or "
+            "rq+redis://host:6379/2"
+        )
+    return scheme.lower() + "+" + rest
+
+
 def _status_path(text: str) -> str:
     if not (text.startswith("/") and text.endswith("/") and len(text) > 1):
         raise ValueError("must start and end with '/', e.g. /status/")
@@ -258,6 +272,21 @@ OPTIONS: tuple[Option, ...] = (
         "serve Prometheus metrics at this path",
         "off",
     ),
+    Option(
+        "executor",
+        _executor,
+        "URL",
+        "where tasks run: threads, celery+amqp://..., celery+redis://..., rq+redis://...",
+        "threads",
+    ),
+    Option(
+        "retry",
+        _rules,
+        "RULE",
+        "rules whose tasks run again when the process running them died",
+        "none",
+    ),
+    Option("max_attempts", _int(1), "N", "runs at most of a task on a retry rule", "3"),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}

@@ -26,13 +26,14 @@ from urllib.parse import quote
 
 from .admission import Admission, default_client_limit
 from .binding import Binding, BindOption
-from .capture import BodyError, ChainedInput, capture_request
+from .capture import BodyError, ChainedInput, RequestSnapshot, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
 from .estimate import DurationHistory
 from .holds import INLINE, HoldBudget
+from .executors import open_executor
 from .metrics import Metrics
 from .pages import render_message, wants_html
-from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit, WorkerPool
+from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit
 from .replay import StartResponse, WSGIApp, serve_body
 from .rules import RuleSet, parse_prefer
 from .runner import Job, TaskRunner
@@ -52,6 +53,7 @@ DEFAULT_STATUS_PATH = "/status/"
 DEFAULT_RESULT_TTL = 600.0  # seconds a finished result stays fetchable
 DEFAULT_MAX_BODY = 100 * 2**20  # bytes of request body captured at most
 DEFAULT_LEASE_TIMEOUT = 30.0  # seconds without a heartbeat before a task reads `lost`
+DEFAULT_MAX_ATTEMPTS = 3  # runs at most of a task on a `retry` rule
 DEFAULT_MAX_WAIT = 25.0  # seconds a `Prefer: wait` may hold a request (under Heroku's 30 s)
 PURGE_INTERVAL = 60.0  # seconds between two sweeps of expired results
 SECRET_CACHE_SECONDS = 60.0  # seconds the store's binding secret is cached per process
@@ -84,6 +86,9 @@ class DeferredMiddleware:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         metrics_path: str | None = None,
         debug: bool = False,
+        executor: Any = None,
+        retry: Iterable[str] | str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be a WSGI callable, not {app!r}")
@@ -91,6 +96,9 @@ class DeferredMiddleware:
         _require(max_pending >= 1, "max_pending must be at least 1")
         _require(result_ttl > 0, "result_ttl must be positive (seconds)")
         _require(lease_timeout > 0, "lease_timeout must be positive (seconds)")
+        _require(
+            isinstance(max_attempts, int) and max_attempts >= 1, "max_attempts must be at least 1"
+        )
         _require(max_body >= 0, "max_body must be >= 0 (bytes)")
         _require(max_wait >= 0, "max_wait must be >= 0 (seconds)")
         _require(max_holds is None or max_holds >= 0, "max_holds must be >= 0 (requests)")
@@ -108,6 +116,9 @@ class DeferredMiddleware:
         self.app = app
         self.routes = RuleSet(routes)
         self.exclude = RuleSet(exclude)
+        #: Rules whose tasks may run again when the process running them died.
+        self.retry = RuleSet(retry)
+        self.max_attempts = max_attempts
         self.status_path = status_path
         self.result_ttl = float(result_ttl)
         self.defer_after = defer_after
@@ -141,14 +152,17 @@ class DeferredMiddleware:
             lease_timeout=float(lease_timeout),
             on_finished=self._finished,
             debug=debug,
+            max_attempts_for=self._max_attempts_for if self.retry else None,
         )
-        self.pool = WorkerPool(
+        #: Where tasks run (docs/execution.md, "Execution tier"); ``pool`` is the same object.
+        self.executor = self.pool = open_executor(
+            executor,
+            self.runner,
             workers=workers,
             max_pending=max_pending,
             max_pending_per_client=None,  # counted by self.admission, in the store
             heartbeat_interval=float(lease_timeout) / 3,
             on_heartbeat=self._heartbeat,
-            on_abandon=self.runner.abandon,
             drain_timeout=drain_timeout,
             on_release=self._release_slot,
         )
@@ -399,6 +413,7 @@ class DeferredMiddleware:
                     self._store = open_store(url)
                     logger.info("using store %s", url)
                 store = self._store
+        self.pool.ensure_sweeper()  # retries: once per serving process, a no-op after
         return store
 
     def _store_secret(self) -> bytes:
@@ -421,6 +436,11 @@ class DeferredMiddleware:
         """A job left the pool (however it ended): give its client slot back."""
         if self.admission.holds(job.id):
             self.admission.release(self.get_store(), job.id)
+
+    def _max_attempts_for(self, snapshot: RequestSnapshot) -> int:
+        variables = snapshot.variables
+        matched = self.retry.matches(snapshot.method.upper(), variables.get("PATH_INFO", ""))
+        return self.max_attempts if matched else 1
 
     def _cancelled_locally(self, task_id: str) -> None:
         job = self.pool.find(task_id)

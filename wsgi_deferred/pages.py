@@ -81,6 +81,7 @@ def status_document(
         "finished": _iso(record.finished),
         "elapsed": round(max(0.0, end - record.created), 3),
         "estimate": None if estimate is None else round(max(0.0, estimate), 3),
+        "attempts": record.attempts,  # runs started (more than 1: retried, docs/execution.md)
     }
 
 

@@ -19,20 +19,26 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .buffers import SPOOL_THRESHOLD
 from .capture import RequestSnapshot
 from .errors import StoreUnavailable
+from .executors.snapshots import restore_snapshot, snapshot_meta
 from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
 from .stores.base import Store
 from .task import TaskRecord, TaskState
 from .tasklog import set_current_task_id, task_extra
 from .tracing import current_traceparent
 
-__all__ = ["Job", "TaskRunner"]
+__all__ = ["Job", "Redelivery", "TaskRunner"]
 
 logger = logging.getLogger("wsgi_deferred")
 
 #: Seconds between two store look-ups made by ``environ["wsgi_deferred.cancelled"]()``.
 CANCEL_CHECK_INTERVAL = 1.0
+#: Seconds in the past a let-go lease is set to, so the store re-queues the task at once.
+LEASE_LET_GO = 0.001
+#: Seconds a finished delivery waits at most for its heartbeat thread to stop.
+HEARTBEAT_JOIN_TIMEOUT = 5.0
 
 
 class Job:
@@ -63,6 +69,11 @@ class Job:
         self.done = threading.Event()
         #: Set by a local DELETE, a lease renewal that was refused, or shutdown.
         self.cancel_flag = threading.Event()
+        #: Set (under ``lock``, before ``cancel_flag``) when shutdown gave up on the job:
+        #: whatever the app returns afterwards is a cut-short answer, never the result.
+        self.abandoned = False
+        #: True once ``cancelled()`` answered True to the app.
+        self.cancel_seen = False
         self._last_cancel_check = 0.0
         #: Outcome kept for an inline answer (detached jobs only).
         self.response: BufferedResponse | None = None
@@ -73,6 +84,13 @@ class Job:
         self.traceparent = current_traceparent()
         #: The rule that deferred it: the ``rule`` label of the duration histograms.
         self.rule = "-"
+        #: Runs allowed (``max_attempts`` on a retry rule with a shared store, else 1), runs
+        #: started, and whether the store keeps the captured request (docs/execution.md).
+        self.max_attempts = 1
+        self.attempts = 0
+        self.kept_request = False
+        #: True when the delivery gate was already passed (a remote delivery or a retry).
+        self.delivered = False
 
     def run(self) -> None:
         self.runner.run(self)
@@ -88,7 +106,9 @@ class Job:
             message=self.message,
             owner=self.owner,
             label=self.snapshot.label,
-            lease_expires=time.time() + self.runner.lease_timeout,
+            lease_expires=time.time() + self.runner.lease_for(self.state),
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
         )
 
     # -- the callables an app finds in its environ -------------------------------------------
@@ -115,6 +135,7 @@ class Job:
     def is_cancelled(self) -> bool:
         """``environ["wsgi_deferred.cancelled"]``: True once the client cancelled the task."""
         if self.cancel_flag.is_set():
+            self.cancel_seen = True
             return True
         now = time.monotonic()
         if self.attached and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
@@ -125,7 +146,10 @@ class Job:
                 return False
             if record is None or record.state is TaskState.CANCELLED:
                 self.cancel_flag.set()
-        return self.cancel_flag.is_set()
+        if self.cancel_flag.is_set():
+            self.cancel_seen = True
+            return True
+        return False
 
 
 class TaskRunner:
@@ -141,24 +165,57 @@ class TaskRunner:
         spool_dir: str | None = None,
         on_finished: Callable[[Job, str, float], None] | None = None,
         debug: bool = False,
+        max_attempts_for: Callable[[RequestSnapshot], int] | None = None,
     ) -> None:
         self.app = app
         self._store_getter = store_getter
         self.result_ttl = result_ttl
         self.lease_timeout = lease_timeout
         self.spool_dir = spool_dir
+        self.spool_threshold = SPOOL_THRESHOLD  # bytes of a restored request body in memory
         self.on_finished = on_finished
         #: Show a failed task's traceback to the client (development only; docs/protocol.md).
         self.debug = debug
+        #: Runs allowed for a request: ``max_attempts`` on a ``retry`` rule, else 1.
+        self.max_attempts_for = max_attempts_for
+        #: Set by executors that run tasks elsewhere: every task's request is kept in the store,
+        #: and a queued task's lease lasts ``queued_lease`` seconds (None: lease_timeout).
+        self.keep_requests = False
+        self.queued_lease: float | None = None
 
     @property
     def store(self) -> Store:
         return self._store_getter()
 
+    def lease_for(self, state: TaskState) -> float:
+        """Seconds of a new record's lease: a task queued at a remote engine waits in its
+        queue, where nobody renews it, for up to ``queued_lease`` seconds."""
+        if state is TaskState.QUEUED and self.queued_lease is not None:
+            return max(self.queued_lease, self.lease_timeout)
+        return self.lease_timeout
+
+    @property
+    def retries(self) -> bool:
+        """True when some requests may run again after their runner died."""
+        return self.max_attempts_for is not None
+
     def attach(self, job: Job) -> None:
         """Put *job*'s record in the store (raises StoreUnavailable). Caller holds job.lock
-        for a detached job that may be running."""
-        self.store.create(job.record())
+        for a detached job that may be running. With a shared store, the captured request
+        goes there first when another process may have to run it: always for a remote
+        executor, on a ``retry`` rule for the thread pool (docs/execution.md, "Retries")."""
+        store = self.store
+        if store.shared and self.max_attempts_for is not None:
+            job.max_attempts = max(1, self.max_attempts_for(job.snapshot))
+        if job.state is TaskState.RUNNING:
+            job.attempts = max(job.attempts, 1)  # a detached job handed over mid-run
+        if store.shared and (self.keep_requests or job.max_attempts > 1):
+            try:
+                store.save_request(job.id, snapshot_meta(job.snapshot), job.snapshot.body)
+                job.kept_request = True
+            except ValueError:  # the body is gone: the run it was captured for just ended
+                job.max_attempts = 1
+        store.create(job.record())
         job.attached = True
 
     def run(self, job: Job) -> None:
@@ -167,20 +224,24 @@ class TaskRunner:
             job.done.set()
             return
         with job.lock:
-            if job.attached:
+            if job.attached and not job.delivered:
                 try:
-                    claimed = self.store.claim(job.id, time.time() + self.lease_timeout)
+                    record = self.store.deliver(job.id, time.time() + self.lease_timeout)
                 except StoreUnavailable:
                     logger.error(
                         "task %s: store unavailable, cannot start; lease will lapse",
                         job.id,
                         extra=task_extra(job.id),
                     )
-                    claimed = False
-                if not claimed:  # cancelled (or marked lost) while queued
+                    record = None
+                if record is None:  # cancelled (or marked lost) while queued
                     job.snapshot.discard()
+                    self._forget_request(job)
                     job.done.set()
                     return
+                job.attempts = record.attempts
+            elif not job.attached:
+                job.attempts = 1
             job.state = TaskState.RUNNING
             job.started = time.time()
         logger.info("task %s: started %s", job.id, job.snapshot.label, extra=task_extra(job.id))
@@ -203,6 +264,22 @@ class TaskRunner:
             exc_info = sys.exc_info()  # type: ignore[assignment]
         finally:
             job.snapshot.discard()
+        with job.lock:
+            # Shutdown cut it short: an attached job's answer is never the result (the
+            # store already reads lost, or will); a detached one's inline client still
+            # waits here, and gets the answer unless the app saw cancelled() and returned
+            # early (docs/execution.md, "Shutdown").
+            cut = job.abandoned and (job.attached or job.cancel_seen)
+            if cut:
+                if response is not None:
+                    response.body.discard()
+                job.response, job.exc_info = None, None  # a waiter inline answers 503
+                attached = job.attached
+        if cut:
+            if attached:
+                self._give_up(job, "the server process stopped before this task finished")
+            job.done.set()
+            return
         with job.lock:
             job.state = TaskState.DONE if response is not None else TaskState.FAILED
             if not job.attached:
@@ -266,12 +343,17 @@ class TaskRunner:
             outcome = "lost"
         finally:
             exc_info = None
+        if outcome != "lost":
+            self._forget_request(job)
         if self.on_finished is not None:
             self.on_finished(job, outcome, elapsed)
 
     def heartbeat(self, jobs: list[Any]) -> None:
-        """Renew the leases of this process's attached, unfinished jobs."""
-        live = [job for job in jobs if job.attached and not job.done.is_set()]
+        """Renew the leases of this process's attached, unfinished jobs (a
+        :class:`Redelivery` renews its own)."""
+        live = [
+            job for job in jobs if isinstance(job, Job) and job.attached and not job.done.is_set()
+        ]
         if not live:
             return
         renewed = self.store.renew([job.id for job in live], time.time() + self.lease_timeout)
@@ -280,7 +362,14 @@ class TaskRunner:
                 job.cancel_flag.set()  # cancelled, deleted or declared lost elsewhere
 
     def abandon(self, job: Any, reason: str) -> None:
-        """Shutdown gave up on *job*: make sure no client waits for it forever."""
+        """Shutdown gave up on *job*: make sure no client waits for it forever, and that
+        nothing the app returns after this is stored as its result."""
+        if isinstance(job, Redelivery):
+            if job.job is not None:
+                self.abandon(job.job, reason)
+            return  # never started here: it stays queued in the store for another process
+        with job.lock:
+            job.abandoned = True
         job.cancel_flag.set()
         with job.lock:
             attached = job.attached
@@ -294,5 +383,100 @@ class TaskRunner:
                     job.done.set()
                     return
         if attached and not job.done.is_set():
-            self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl)
+            self._give_up(job, reason)
+
+    def _give_up(self, job: Job, reason: str) -> None:
+        """End an attached job this process will not finish: on a retry rule with runs left
+        its lease is let go at once, so the store re-queues it for another process (the
+        retry sweeper, docs/execution.md); otherwise it reads ``lost``."""
+        if self._may_run_again(job) and self.store.renew([job.id], time.time() - LEASE_LET_GO):
+            logger.warning(
+                "task %s: let go for another process to run: %s",
+                job.id,
+                reason,
+                extra=task_extra(job.id),
+            )
+            return
+        if self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl):
             logger.warning("task %s: marked lost: %s", job.id, reason, extra=task_extra(job.id))
+        self._forget_request(job)
+
+    @staticmethod
+    def _may_run_again(job: Job) -> bool:
+        return job.kept_request and job.attempts < job.max_attempts
+
+    def _forget_request(self, job: Job) -> None:
+        if job.kept_request:
+            try:
+                self.store.delete_request(job.id)
+            except StoreUnavailable:
+                logger.warning("task %s: captured request not deleted (store unavailable)", job.id)
+
+    # -- tasks named only by their id: remote deliveries and retries ------------------------
+
+    def run_delivered(self, task_id: str, redelivery: Redelivery | None = None) -> str:
+        """Run a task whose captured request is in the store (a remote executor's delivery,
+        or a retry of a task whose runner died): pass the gate, load the request, replay it
+        with a lease heartbeat of its own. Returns ``"skipped"`` (final, or a live lease is
+        held elsewhere), ``"lost"`` (its request is gone) or ``"ran"``."""
+        store = self.store
+        record = store.deliver(task_id, time.time() + self.lease_timeout)
+        if record is None:
+            logger.info("task %s: delivery skipped (final, or running elsewhere)", task_id)
+            return "skipped"
+        try:
+            kept = store.load_request(task_id)
+            snapshot = restore_snapshot(*kept, self.spool_threshold) if kept else None
+        except ValueError as exc:
+            logger.error("task %s: captured request unreadable: %s", task_id, exc)
+            snapshot = None
+        if snapshot is None:
+            store.fail(task_id, TaskState.LOST.value, "its captured request is gone",
+                       time.time() + self.result_ttl)  # fmt: skip
+            return "lost"
+        job = Job(self, task_id, snapshot, owner=record.owner, attached=True)
+        job.created, job.delivered, job.kept_request = record.created, True, True
+        job.attempts, job.max_attempts = record.attempts, record.max_attempts
+        if redelivery is not None:  # so a local DELETE and shutdown reach the job
+            job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
+        beat = threading.Thread(
+            target=self._beat_one, args=(job,), name=f"wsgi-deferred-lease-{task_id[:6]}",
+            daemon=True,
+        )  # fmt: skip
+        beat.start()
+        try:
+            self.run(job)
+        finally:
+            job.done.set()
+            beat.join(HEARTBEAT_JOIN_TIMEOUT)
+        return "ran"
+
+    def _beat_one(self, job: Job) -> None:
+        while not job.done.wait(self.lease_timeout / 3):
+            try:
+                self.heartbeat([job])
+            except Exception:
+                logger.exception("task %s: lease heartbeat failed; will retry", job.id)
+
+
+class Redelivery:
+    """A pool job for a task known only by its id: the retry sweeper queues one to run a
+    re-queued task here (:meth:`TaskRunner.run_delivered` does the rest)."""
+
+    attached = False  # its lease is renewed by run_delivered, not by the pool
+
+    def __init__(self, runner: TaskRunner, task_id: str) -> None:
+        self.runner = runner
+        self.id = task_id
+        self.client_key: str | None = None
+        self.cancel_flag = threading.Event()  # shared with the Job, for a local DELETE
+        self.done = threading.Event()
+        self.job: Job | None = None
+
+    def run(self) -> None:
+        try:
+            self.runner.run_delivered(self.id, self)
+        except StoreUnavailable:
+            logger.warning("task %s: store unavailable, retry not started", self.id)
+        finally:
+            self.done.set()

@@ -74,6 +74,10 @@ class TaskRecord:
     status: str | None = None
     headers: list[tuple[str, str]] | None = None
     body_size: int | None = None
+    #: Runs started so far (each delivery that took the lease counts one).
+    attempts: int = 0
+    #: Runs allowed in all: 1 off the ``retry`` rules, ``max_attempts`` on them.
+    max_attempts: int = 1
 
     def copy(self, **changes: object) -> TaskRecord:
         """A shallow copy with *changes* applied (stores hand out copies, never their own)."""
@@ -92,6 +96,15 @@ class TaskRecord:
             return False
         return (time.time() if now is None else now) > self.lease_expires
 
+    def may_run_again(self) -> bool:
+        """True when a running task whose lease lapsed is re-queued instead of ``lost``:
+        it is on a ``retry`` rule and has runs left (docs/execution.md, "Retries")."""
+        return (
+            self.state is TaskState.RUNNING
+            and self.max_attempts > 1
+            and self.attempts < self.max_attempts
+        )
+
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-able form (used by the SQLite and Redis stores)."""
         return {
@@ -109,6 +122,8 @@ class TaskRecord:
             "status": self.status,
             "headers": [list(h) for h in self.headers] if self.headers is not None else None,
             "body_size": self.body_size,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
         }
 
     @classmethod
@@ -119,4 +134,9 @@ class TaskRecord:
         headers = values.get("headers")
         if headers is not None:
             values["headers"] = [(str(k), str(v)) for k, v in headers]  # type: ignore[union-attr]
+        for name in ("attempts", "max_attempts"):  # absent from records written before them
+            if values.get(name) is None:
+                values.pop(name, None)
+            else:
+                values[name] = int(values[name])  # type: ignore[call-overload]
         return cls(**values)  # type: ignore[arg-type]

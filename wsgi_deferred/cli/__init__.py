@@ -29,6 +29,7 @@ from .options import (
 )
 from .serve import probe, serve
 from .tasks import build_tasks_parser, tasks
+from .worker import build_worker_parser, worker
 
 __all__ = ["main", "probe"]
 
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], 
     "serve": (build_serve_parser, serve),
     "check": (build_check_parser, check),
     "tasks": (build_tasks_parser, tasks),
+    "worker": (build_worker_parser, worker),
 }
 
 
@@ -48,12 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "--version"):
         parser = build_main_parser()
         if not args:
-            fail(f"{PROG}: error: a command is needed: serve, check or tasks (see '{PROG} --help')")
+            fail(
+                f"{PROG}: error: a command is needed: serve, check, tasks or worker "
+                f"(see '{PROG} --help')"
+            )
         parser.parse_args(args)  # prints help or version and exits 0
     command = args[0]
     if command not in COMMANDS:
         fail(
-            f"{PROG}: error: unknown command {command!r}: expected serve, check or tasks "
+            f"{PROG}: error: unknown command {command!r}: expected serve, check, tasks or worker "
             f"(see '{PROG} --help')"
         )
     build_parser, run = COMMANDS[command]

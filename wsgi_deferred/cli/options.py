@@ -38,6 +38,7 @@ commands:
   serve      run the application behind the middleware under gunicorn
   check      show which sample requests a set of rules would defer
   tasks      list the tasks of a store (every process and host), or cancel one
+  worker     run the execution tier's worker (executor=celery+... or rq+...)
 
 Run "wsgi-deferred serve --help" or "wsgi-deferred check --help" for their options.
 
@@ -225,6 +226,11 @@ _MIDDLEWARE_FLAGS: tuple[tuple[str, str, str], ...] = (
      "stops (default: 25)"),
     ("--metrics-path", "metrics_path", "serve Prometheus metrics at this path, e.g. "
      "/_deferred/metrics (default: off); keep it away from the public internet"),
+    ("--executor", "executor", "where deferred requests run: threads (this process, the "
+     "default), celery+amqp://user@host//, celery+redis://host:6379/1 or rq+redis://host/2 "
+     "(then run 'wsgi-deferred worker' too; needs a shared --store)"),
+    ("--max-attempts", "max_attempts", "runs at most of a task on a --retry rule "
+     "(default: 3)"),
 )  # fmt: skip
 
 
@@ -252,6 +258,17 @@ def _add_middleware_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="never defer requests matching RULE, e.g. 'GET /health' (repeatable; "
         "WSGI_DEFERRED_EXCLUDE)",
+    )
+    group.add_argument(
+        "--retry",
+        dest="retry",
+        action="append",
+        type=_rule,
+        metavar="RULE",
+        default=argparse.SUPPRESS,
+        help="run a task matching RULE again elsewhere when the process running it died "
+        "(only for requests safe to run twice; needs a shared --store; repeatable; "
+        "WSGI_DEFERRED_RETRY)",
     )
     for flag, name, text in _MIDDLEWARE_FLAGS:
         option = option_named(name)
@@ -416,7 +433,7 @@ def build_check_parser() -> _Parser:
 def build_main_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} {{serve,check,tasks}} ...",
+        usage=f"{PROG} {{serve,check,tasks,worker}} ...",
         description=DESCRIPTION,
         epilog=COMMANDS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

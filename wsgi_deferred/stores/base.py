@@ -21,6 +21,9 @@ Rules common to every method:
   reported by :meth:`get` and :meth:`wait` as ``lost`` (and the store may persist that), so
   that no client ever polls a task that will never finish. Every other method treats it as
   ``lost`` too: it cannot be claimed, renewed or finished, and ``cancel`` deletes it.
+  One exception (retries, docs/execution.md): a ``running`` task with ``max_attempts > 1``
+  and ``attempts < max_attempts`` whose lease passed becomes ``queued`` again instead,
+  with ``lease_expires = now + RETRY_WINDOW`` (:meth:`TaskRecord.may_run_again`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from typing import BinaryIO
 from ..buffers import SpooledBody
 from ..task import TaskRecord, TaskState
 
-__all__ = ["DEFAULT_LIST_LIMIT", "LIST_SCAN_MAX", "STALE_RETENTION", "Store", "listed"]
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "LIST_SCAN_MAX",
+    "REQUEST_TTL",
+    "RETRY_WINDOW",
+    "STALE_RETENTION",
+    "Store",
+    "listed",
+]
 
 #: Seconds a cancelled record, or an unfinished one whose lease ran out, is kept before
 #: :meth:`Store.purge` removes it (long enough for every poller to read ``lost``).
@@ -45,6 +56,12 @@ DEFAULT_LIST_LIMIT = 1000
 LIST_SCAN_MAX = 100_000
 #: The message of a task reported ``lost`` because its lease ran out.
 LOST_MESSAGE = "the process running this task stopped renewing its lease"
+#: Seconds a task re-queued after its runner died waits for a new runner (a delivery or the
+#: retry sweeper) before it reads ``lost`` after all.
+RETRY_WINDOW = 300.0
+#: Seconds a captured request kept in a shared store lives at most (a safety net: it is
+#: deleted when its task ends).
+REQUEST_TTL = 24 * 3600.0
 
 
 class Store(abc.ABC):
@@ -189,6 +206,41 @@ class Store(abc.ABC):
         through its keys with ``SCAN``, never ``KEYS``). A store that cannot list raises
         ``NotImplementedError``; one that cannot be reached, ``StoreUnavailable``."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its tasks")
+
+    # -- execution tier: captured requests, the delivery gate, retries --------------------
+    # Non-abstract, so stores written before them keep working (without retries or remote
+    # executors). Shared stores implement them; see docs/execution.md, "Execution tier".
+
+    def deliver(self, task_id: str, lease_expires: float) -> TaskRecord | None:
+        """The gate every delivery passes: a final task, or one whose lease is held and live,
+        is skipped (None); a ``queued`` one (new, or re-queued after its runner died) moves to
+        ``running`` with *lease_expires*, ``started`` now and ``attempts`` + 1, atomically, and
+        its record is returned. The default builds on :meth:`claim` (which counts attempts
+        too in the bundled stores)."""
+        if not self.claim(task_id, lease_expires):
+            return None
+        return self.get(task_id)
+
+    def save_request(self, task_id: str, meta: bytes, body: SpooledBody) -> None:
+        """Keep a task's captured request (*meta*: its variables as JSON; *body*: copied in
+        chunks, never whole in memory; the caller keeps ownership of *body*) until
+        :meth:`delete_request`, or :data:`REQUEST_TTL` at most."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep captured requests")
+
+    def load_request(self, task_id: str) -> tuple[bytes, BinaryIO] | None:
+        """``(meta, reader over the body)`` saved by :meth:`save_request`, or None. The
+        caller closes the reader; reading never loads the whole body into memory."""
+        return None
+
+    def delete_request(self, task_id: str) -> None:  # noqa: B027 - optional, a no-op
+        """Forget a task's captured request (its task ended). No error if there is none."""
+
+    def retry_candidates(self, limit: int) -> list[str]:
+        """At most *limit* ids of tasks whose captured request is kept and that are not
+        known to be final: the retry sweeper reads each with :meth:`get` (which applies the
+        lease rules, re-queueing what may run again) and re-submits the re-queued ones. A
+        hint: it may name tasks that ended meanwhile."""
+        return []
 
 
 def listed(

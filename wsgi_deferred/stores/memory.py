@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ..buffers import SpooledBody
 from ..task import TaskRecord, TaskState
-from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, RETRY_WINDOW, STALE_RETENTION, Store, listed
 
 __all__ = ["DEFAULT_MAX_RECORDS", "MemoryStore"]
 
@@ -45,6 +45,7 @@ class MemoryStore(Store):
         #: task id -> event set (and dropped) at the task's next end transition
         self._ended: dict[str, threading.Event] = {}
         self._secret = secrets.token_bytes(32)
+        self._requests: dict[str, tuple[bytes, SpooledBody]] = {}
 
     # -- creating and running --------------------------------------------------------------
 
@@ -77,6 +78,7 @@ class MemoryStore(Store):
             record.state = TaskState.RUNNING
             record.started = time.time()
             record.lease_expires = lease_expires
+            record.attempts += 1
             return True
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
@@ -222,7 +224,10 @@ class MemoryStore(Store):
         if record.expires is not None and record.expires < now:
             self._drop(task_id)
             return None
-        if record.lease_ran_out(now):
+        if record.lease_ran_out(now) and record.may_run_again():
+            record.state = TaskState.QUEUED  # its runner died: it may run again (retry rule)
+            record.lease_expires = now + RETRY_WINDOW
+        elif record.lease_ran_out(now):
             record.state = TaskState.LOST
             record.finished = now
             record.message = "the process running this task stopped renewing its lease"
@@ -241,6 +246,7 @@ class MemoryStore(Store):
         body = self._bodies.pop(task_id, None)
         if body is not None:
             body.discard()
+        self._drop_request(task_id)
 
     # -- per-client admission (docs/security.md, "Limits") ---------------------------------
 
@@ -292,3 +298,52 @@ class MemoryStore(Store):
             ids = list(self._records)[-LIST_SCAN_MAX:]  # insertion order: the newest
             records = [r.copy() for r in map(self._live, ids) if r is not None]
         return listed(records, states, limit, time.time())
+
+    # -- execution tier: captured requests, the delivery gate, retries --------------------
+    # One process only, so nothing else could run a task: these exist for the contract.
+
+    def deliver(self, task_id: str, lease_expires: float) -> TaskRecord | None:
+        with self._lock:
+            record = self._live(task_id)
+            if record is None or record.state is not TaskState.QUEUED:
+                return None
+            record.state = TaskState.RUNNING
+            record.started = time.time()
+            record.lease_expires = lease_expires
+            record.attempts += 1
+            return record.copy()
+
+    def save_request(self, task_id: str, meta: bytes, body: SpooledBody) -> None:
+        copy = SpooledBody(threshold=body.threshold)
+        for chunk in body.iter_chunks():
+            copy.write(chunk)
+        with self._lock:
+            self._drop_request(task_id)
+            self._requests[task_id] = (bytes(meta), copy)
+
+    def load_request(self, task_id: str) -> tuple[bytes, BinaryIO] | None:
+        with self._lock:
+            kept = self._requests.get(task_id)
+            if kept is None:
+                return None
+            try:
+                return kept[0], kept[1].open()
+            except ValueError:  # discarded meanwhile
+                return None
+
+    def delete_request(self, task_id: str) -> None:
+        with self._lock:
+            self._drop_request(task_id)
+
+    def retry_candidates(self, limit: int) -> list[str]:
+        with self._lock:
+            return [
+                task_id
+                for task_id in list(self._requests)[: max(0, limit)]
+                if (record := self._records.get(task_id)) is not None and not record.state.is_final
+            ]
+
+    def _drop_request(self, task_id: str) -> None:
+        kept = self._requests.pop(task_id, None)
+        if kept is not None:
+            kept[1].discard()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from .base import STALE_RETENTION
+from .base import RETRY_WINDOW, STALE_RETENTION
 
 __all__ = ["LOST_MESSAGE", "NOTIFY_TTL", "SCRIPTS"]
 
@@ -29,6 +29,7 @@ LOST_MESSAGE = "the process running this task stopped renewing its lease"
 _CONSTANTS = (
     f"local STALE, NOTIFY_MS = {STALE_RETENTION!r}, {int(NOTIFY_TTL * 1000)}\n"
     f"local LOST = {json.dumps(LOST_MESSAGE)}\n"
+    f"local RETRY_WINDOW = {RETRY_WINDOW!r}\n"
 )
 
 # Shared head of every per-task script. KEYS: task, done, body (all one task's, one slot);
@@ -61,10 +62,19 @@ local function leased_until(lease)
   keep_until(at)
 end
 local function live()
-  local f = redis.call('HMGET', task, 'state', 'lease_expires', 'expires')
+  local f = redis.call('HMGET', task, 'state', 'lease_expires', 'expires', 'attempts',
+                       'max_attempts')
   local state = f[1]
   if not state then return false end
   if f[3] and tonumber(f[3]) < now then drop() return false end
+  local most = tonumber(f[5] or '1')
+  if state == 'running' and f[2] and tonumber(f[2]) < now and most > 1
+     and tonumber(f[4] or '0') < most then  -- its runner died; a retry rule: queue it again
+    redis.call('HSET', task, 'state', 'queued', 'lease_expires',
+               string.format('%.17g', now + RETRY_WINDOW))
+    leased_until(now + RETRY_WINDOW)
+    return 'queued'
+  end
   if (state == 'queued' or state == 'running') and f[2] and tonumber(f[2]) < now then
     redis.call('HSET', task, 'state', 'lost', 'finished', ARGV[1], 'message', LOST,
                'expires', string.format('%.17g', now + STALE))
@@ -99,8 +109,16 @@ return 1""",
     "claim": """
 if live() ~= 'queued' then return 0 end
 redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[2])
+redis.call('HINCRBY', task, 'attempts', 1)
 leased_until(tonumber(ARGV[2]))
 return 1""",
+    # The delivery gate (docs/execution.md, "Execution tier"): claim, and hand back the record.
+    "deliver": """
+if live() ~= 'queued' then return false end
+redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires', ARGV[2])
+redis.call('HINCRBY', task, 'attempts', 1)
+leased_until(tonumber(ARGV[2]))
+return redis.call('HGETALL', task)""",
     "renew": """
 if not unfinished(live()) then return 0 end
 redis.call('HSET', task, 'lease_expires', ARGV[2])

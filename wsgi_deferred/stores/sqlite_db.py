@@ -26,7 +26,8 @@ T = TypeVar("T")
 POLL_MIN, POLL_MAX = 0.005, 0.1  # seconds between polls in wait(), growing
 # No secondary index: the table only holds unexpired tasks, and purge's OR would scan anyway.
 # A done task has one of body (inline, <= INLINE_BODY_MAX_BYTES) and body_file. Schema version
-# (PRAGMA user_version) 2 added `body`; 0 is a new or a version-1 database.
+# (PRAGMA user_version) 2 added `body`, 3 `attempts`, `max_attempts` and the `requests` table
+# (captured requests kept for the execution tier); 0 is a new or a version-1 database.
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, started REAL,
@@ -34,6 +35,15 @@ _SCHEMA = (
     expires REAL, status TEXT, headers TEXT, body_size INTEGER, body_file TEXT, body BLOB
 )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, meta BLOB NOT NULL, body BLOB, body_file TEXT, saved REAL NOT NULL
+)""",
+)
+SCHEMA_VERSION = 3
+_ADDED_COLUMNS = (
+    ("body", "BLOB"),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("max_attempts", "INTEGER NOT NULL DEFAULT 1"),
 )
 # Connections inherited through fork(). SQLite forbids using them in the child, and closing
 # them there could checkpoint or unlink the parent's WAL, so they are parked here for good
@@ -58,9 +68,11 @@ def _immediate(conn: sqlite3.Connection, operation: Callable[[sqlite3.Connection
 def _create_schema(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA:
         conn.execute(statement)
-    if "body" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
-        conn.execute("ALTER TABLE tasks ADD COLUMN body BLOB")  # a version-1 database
-    conn.execute("PRAGMA user_version = 2")
+    present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    for name, declaration in _ADDED_COLUMNS:  # an older database
+        if name not in present:
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {declaration}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class _Handle:
@@ -100,7 +112,8 @@ class ConnectionPerThread:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # results are ephemeral: no fsync per commit
-            if not self._ready and conn.execute("PRAGMA user_version").fetchone()[0] < 2:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if not self._ready and version < SCHEMA_VERSION:
                 _immediate(conn, _create_schema)  # racing processes take turns
         except BaseException:
             conn.close()

@@ -1,0 +1,284 @@
+"""The execution tier under real servers (issue 10): a gunicorn web tier, real
+``wsgi-deferred worker`` processes (prefork Celery), RabbitMQ and a Redis broker.
+
+Every result is checked by its hash and by the pid that produced it (never a web process);
+kills are SIGKILLs of a pool child or of a whole worker, mid-task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery_worker import TierWorker, purge_queue, rabbitmq_url
+from redis_server import RedisServerProcess
+from servers import Gunicorn, fetch_result
+
+from wsgi_deferred.stores import open_store
+from wsgi_deferred.task import TaskState
+
+pytestmark = pytest.mark.e2e
+
+APP = "tier_app:application"
+E2E = str(Path(__file__).parent)
+LEASE = 2.0  # seconds; small so that lapses and retries happen within the test
+
+
+@pytest.fixture
+def amqp_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    broker = rabbitmq_url()
+    queue = "wsgi_deferred_tests"
+    purge_queue(broker, queue)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    yield {
+        "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+        "TIER_BROKER": broker,
+        "TIER_QUEUE": queue,
+        "TIER_LEASE": str(LEASE),
+        "TIER_RUNS": str(runs),
+        "PYTHONPATH": E2E,
+    }
+    purge_queue(broker, queue)
+
+
+@pytest.fixture
+def redis_broker_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    broker = RedisServerProcess(tmp_path)
+    broker.start()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    try:
+        yield {
+            "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+            "TIER_BROKER": broker.url,
+            "TIER_VISIBILITY": "2",
+            "TIER_LEASE": str(LEASE),
+            "TIER_RUNS": str(runs),
+            "PYTHONPATH": E2E,
+        }
+    finally:
+        broker.stop()
+
+
+def worker(env: dict[str, str], tmp_path: Path, concurrency: int = 2) -> TierWorker:
+    return TierWorker(APP, env, tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", concurrency)
+
+
+def submit(server: Gunicorn, path: str, body: bytes = b"") -> str:
+    accepted = server.request("POST", path, body)
+    assert accepted.status == 202, accepted.body
+    return accepted.headers["location"]
+
+
+def running_pid(server: Gunicorn, location: str, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = server.request("GET", location).json()
+        message = document.get("message") or ""  # type: ignore[union-attr]
+        if message.startswith("pid="):
+            return int(message[4:])
+        time.sleep(0.05)
+    raise AssertionError(f"{location} never reported running")
+
+
+def runs_of(env: dict[str, str], location: str) -> list[int]:
+    path = Path(env["TIER_RUNS"]) / (location.rsplit("/", 1)[1] + ".runs")
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def record_of(env: dict[str, str], location: str):  # type: ignore[no-untyped-def]
+    store = open_store(env["TIER_STORE"])
+    try:
+        return store.get(location.rsplit("/", 1)[1])
+    finally:
+        store.close()
+
+
+def check_jobs(server: Gunicorn, workers: list[TierWorker], count: int) -> None:
+    """*count* jobs with distinct bodies: each answer is the body reversed, with its hash,
+    made by a worker's pool child, never by a web process."""
+    bodies = [os.urandom(1000 + 777 * i) for i in range(count)]
+    locations = [submit(server, "/job", body) for body in bodies]
+    web = set(server.worker_pids()) | {server.process.pid}  # type: ignore[union-attr]
+    children = {pid for w in workers for pid in w.children()}
+    for body, location in zip(bodies, locations, strict=True):
+        result = fetch_result(server.port, location, timeout=60)
+        assert result.status == 200, result.body
+        assert result.body == body[::-1]
+        assert result.headers["x-digest"] == hashlib.sha256(body).hexdigest()
+        pid = int(result.headers["x-pid"])
+        assert pid not in web, "a task ran in a web process"
+        assert pid in children, f"pid {pid} is not a pool child of a worker"
+
+
+# -- delivery: results, hash-checked, run by the workers -------------------------------------
+
+
+def test_celery_over_rabbitmq_runs_every_task_in_a_worker(
+    amqp_env: dict[str, str], tmp_path: Path
+) -> None:
+    with (
+        worker(amqp_env, tmp_path) as tier,
+        Gunicorn(APP, workers=2, threads=4, env=amqp_env) as web,
+    ):
+        check_jobs(web, [tier], 12)
+        hello = web.request("GET", "/hello")
+        assert (hello.status, hello.body) == (200, b"hello")
+
+
+def test_celery_over_a_redis_broker_runs_every_task_in_a_worker(
+    redis_broker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = redis_broker_env
+    with worker(env, tmp_path) as tier, Gunicorn(APP, workers=2, threads=4, env=env) as web:
+        check_jobs(web, [tier], 12)
+
+
+def test_a_task_longer_than_the_visibility_timeout_runs_once(
+    redis_broker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = redis_broker_env  # visibility_timeout=2 s, swept every second
+    with worker(env, tmp_path) as tier, Gunicorn(APP, workers=1, threads=4, env=env) as web:
+        location = submit(web, "/sleep?seconds=7")
+        result = fetch_result(web.port, location, timeout=40)
+        log = tier.log()
+    task_id = location.rsplit("/", 1)[1]
+    assert result.status == 200, result.body
+    # The broker did redeliver it while it ran (else this test proves nothing)...
+    assert f"task {task_id}: delivery skipped" in log, log[-3000:]
+    # ...and the delivery gate kept it to one run.
+    assert len(runs_of(env, location)) == 1
+    assert record_of(env, location).attempts == 1
+
+
+# -- kill -9 mid-task: retried on a retry rule, lost elsewhere --------------------------------
+
+
+def kill_child_mid_task(env: dict[str, str], tmp_path: Path, path: str):  # type: ignore[no-untyped-def]
+    with worker(env, tmp_path) as tier, Gunicorn(APP, workers=1, threads=4, env=env) as web:
+        location = submit(web, path)
+        first = running_pid(web, location)
+        assert first in tier.children()
+        os.kill(first, signal.SIGKILL)
+        result = fetch_result(web.port, location, timeout=40)
+        log = tier.log()
+    return location, first, result, log
+
+
+def test_kill_9_of_a_pool_child_reruns_a_retry_task_once_elsewhere(
+    amqp_env: dict[str, str], tmp_path: Path
+) -> None:
+    location, first, result, log = kill_child_mid_task(amqp_env, tmp_path, "/retry/sleep?seconds=3")
+    assert result.status == 200, result.body
+    runs = runs_of(amqp_env, location)
+    assert len(runs) == 2 and runs[0] == first, runs  # ran exactly twice
+    assert result.body == f"slept 3.0 in {runs[1]}".encode()  # the second run's answer
+    task_id = location.rsplit("/", 1)[1]
+    assert log.count(f"task {task_id}: done") == 1, "the result is stored once"
+    record = record_of(amqp_env, location)
+    assert (record.state, record.attempts) == (TaskState.DONE, 2)
+
+
+def test_kill_9_of_a_pool_child_loses_a_task_off_the_retry_rules(
+    amqp_env: dict[str, str], tmp_path: Path
+) -> None:
+    location, first, result, _ = kill_child_mid_task(amqp_env, tmp_path, "/sleep?seconds=3")
+    assert result.status == 500 and result.json()["state"] == "lost", result.body  # type: ignore[index]
+    assert runs_of(amqp_env, location) == [first]  # never run twice
+
+
+def kill_worker_mid_task(env: dict[str, str], tmp_path: Path, path: str):  # type: ignore[no-untyped-def]
+    with (
+        worker(env, tmp_path, concurrency=1) as one,
+        worker(env, tmp_path, concurrency=1) as two,
+        Gunicorn(APP, workers=1, threads=4, env=env) as web,
+    ):
+        location = submit(web, path)
+        first = running_pid(web, location)
+        victim, survivor = (one, two) if first in one.children() else (two, one)
+        assert first in victim.children()
+        victim.kill_all()  # the whole worker, children too: its host died
+        result = fetch_result(web.port, location, timeout=40)
+        survivors = survivor.children()
+    return location, first, result, survivors
+
+
+def test_kill_9_of_a_whole_worker_reruns_a_retry_task_on_another(
+    amqp_env: dict[str, str], tmp_path: Path
+) -> None:
+    location, first, result, survivors = kill_worker_mid_task(
+        amqp_env, tmp_path, "/retry/sleep?seconds=3"
+    )
+    assert result.status == 200, result.body
+    runs = runs_of(amqp_env, location)
+    assert len(runs) == 2 and runs[0] == first, runs
+    assert runs[1] in survivors
+    assert result.body == f"slept 3.0 in {runs[1]}".encode()
+    assert record_of(amqp_env, location).attempts == 2
+
+
+def test_kill_9_of_a_whole_worker_loses_a_task_off_the_retry_rules(
+    amqp_env: dict[str, str], tmp_path: Path
+) -> None:
+    location, first, result, _ = kill_worker_mid_task(amqp_env, tmp_path, "/sleep?seconds=3")
+    assert result.status == 500 and result.json()["state"] == "lost", result.body  # type: ignore[index]
+    assert runs_of(amqp_env, location) == [first]
+
+
+# -- the thread executor with the default-style SQLite store: siblings take over ---------------
+
+
+@pytest.fixture
+def threads_env(tmp_path: Path) -> dict[str, str]:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return {
+        "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+        "TIER_BROKER": "",
+        "TIER_LEASE": str(LEASE),
+        "TIER_RUNS": str(runs),
+        "PYTHONPATH": E2E,
+    }
+
+
+def test_kill_9_under_gunicorn_w2_a_sibling_runs_the_retry_task(
+    threads_env: dict[str, str],
+) -> None:
+    with Gunicorn(APP, workers=2, threads=4, env=threads_env) as web:
+        location = submit(web, "/retry/sleep?seconds=3")
+        first = running_pid(web, location)
+        assert first in web.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        result = fetch_result(web.port, location, timeout=40)
+        workers = web.worker_pids()
+    assert result.status == 200, result.body
+    runs = runs_of(threads_env, location)
+    assert len(runs) == 2 and runs[0] == first, runs
+    assert runs[1] != first and runs[1] in workers
+    assert result.body == f"slept 3.0 in {runs[1]}".encode()
+
+
+def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
+    threads_env: dict[str, str],
+) -> None:
+    env = {**threads_env, "TIER_DRAIN": "0.3"}
+    with Gunicorn(APP, workers=2, threads=4, env=env) as web:
+        retried = submit(web, "/retry/sleep?seconds=3")
+        plain = submit(web, "/sleep?seconds=30")
+        pids = {running_pid(web, retried), running_pid(web, plain)}
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)  # the app sees cancelled() and returns at once
+        again = fetch_result(web.port, retried, timeout=40)
+        lost = fetch_result(web.port, plain, timeout=40)
+    first = runs_of(env, retried)[0]
+    assert again.status == 200, again.body
+    assert again.body != f"slept 3.0 in {first}".encode(), "the cut-short answer was served"
+    assert len(runs_of(env, retried)) == 2
+    assert lost.status == 500 and lost.json()["state"] == "lost", lost.body  # type: ignore[index]

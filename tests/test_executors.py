@@ -1,0 +1,189 @@
+"""The executor seam (issue 10): the registry, the retry sweeper and the snapshot kept in
+the store, in process. Real engines and real kills are in ``tests/e2e/test_tier.py``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apps import PATIENCE, echo_app, make_environ, wait_until
+
+from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred.buffers import SpooledBody
+from wsgi_deferred.capture import capture_request
+from wsgi_deferred.errors import ConfigurationError
+from wsgi_deferred.executors import SCHEMES, register_executor
+from wsgi_deferred.executors.snapshots import restore_snapshot, snapshot_meta
+from wsgi_deferred.executors.threads import ThreadExecutor
+from wsgi_deferred.runner import Job
+from wsgi_deferred.task import TaskState, new_task_id
+
+LEASE = 0.3  # seconds
+
+
+@pytest.fixture
+def built() -> Iterator[list[DeferredMiddleware]]:
+    made: list[DeferredMiddleware] = []
+    yield made
+    for middleware in made:
+        middleware.close(1)
+
+
+def make(built: list[DeferredMiddleware], **options: Any) -> DeferredMiddleware:
+    middleware = DeferredMiddleware(echo_app, routes=["POST /echo"], **options)
+    built.append(middleware)
+    return middleware
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+def test_none_and_threads_name_the_thread_executor(built: list[DeferredMiddleware]) -> None:
+    assert type(make(built).executor) is ThreadExecutor
+    assert type(make(built, executor="threads").executor) is ThreadExecutor
+    middleware = make(built)
+    assert middleware.pool is middleware.executor
+
+
+def test_celery_urls_and_apps_name_the_celery_executor(built: list[DeferredMiddleware]) -> None:
+    from celery import Celery
+
+    from wsgi_deferred.executors.celery import DEFAULT_QUEUE, CeleryExecutor
+
+    by_url = make(built, executor="celery+amqp://guest@127.0.0.1:1//").executor
+    assert isinstance(by_url, CeleryExecutor) and by_url.remote
+    assert by_url.celery.conf.task_acks_late and by_url.celery.conf.task_reject_on_worker_lost
+    assert by_url.celery.conf.worker_prefetch_multiplier == 1
+    assert by_url.queue == DEFAULT_QUEUE
+    app = Celery("mine", broker="memory://", set_as_current=False)
+    app.conf.wsgi_deferred_queue = "render"
+    by_app = make(built, executor=app).executor
+    assert isinstance(by_app, CeleryExecutor) and by_app.celery is app
+    assert by_app.queue == "render"
+
+
+@pytest.mark.parametrize("spec", ["celery", "celery+", "frob+redis://x", 42, object()])
+def test_bad_executors_are_configuration_errors(spec: object) -> None:
+    with pytest.raises(ConfigurationError, match="executor"):
+        DeferredMiddleware(echo_app, executor=spec)
+
+
+def test_an_executor_plugs_in_without_changing_the_middleware(
+    built: list[DeferredMiddleware],
+) -> None:
+    register_executor("mine", "wsgi_deferred.executors.threads:ThreadExecutor")
+    try:
+        assert type(make(built, executor="mine+anything://x").executor) is ThreadExecutor
+    finally:
+        del SCHEMES["mine"]
+
+
+def test_an_unreachable_broker_makes_the_task_read_lost_not_hang(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    from apps import request, result_of
+
+    middleware = make(
+        built, store=f"sqlite:///{tmp_path}/t.db", executor="celery+amqp://guest@127.0.0.1:1//"
+    )
+    started = time.monotonic()
+    accepted = request(middleware, "POST", "/echo", data=b"x")
+    assert time.monotonic() - started < 30
+    final = result_of(middleware, accepted)
+    assert final.code == 500 and final.json()["state"] == "lost"
+
+
+# -- captured requests in the store -----------------------------------------------------------
+
+
+def test_a_snapshot_round_trips_through_its_stored_form() -> None:
+    environ = make_environ("/echo", "POST", data=b"a" * 5000, headers={"X-Sig": "abc"})
+    snapshot = capture_request(environ, 10**6)
+    meta = snapshot_meta(snapshot)
+    restored = restore_snapshot(meta, snapshot.body.open(), spool_threshold=1024)
+    assert restored.variables == snapshot.variables
+    assert restored.url_scheme == snapshot.url_scheme
+    assert restored.body.getvalue() == b"a" * 5000
+    assert not restored.body.in_memory  # past the threshold: spooled to disk
+    restored.discard()
+    snapshot.discard()
+
+
+@pytest.mark.parametrize(
+    "meta", [b"not json", b"[]", b'{"format": 99}', b'{"format": 1, "variables": {"A": 1}}']
+)
+def test_a_foreign_snapshot_is_refused(meta: bytes) -> None:
+    with pytest.raises(ValueError):
+        restore_snapshot(meta, SpooledBody().open())
+
+
+# -- retries: a task whose runner died runs again in another process ---------------------------
+
+
+def abandoned_task(middleware: DeferredMiddleware, body: bytes) -> str:
+    """A task accepted by *middleware* whose process then died mid-run: its record is
+    running, its lease renewed by nobody."""
+    environ = make_environ("/echo", "POST", data=body)
+    environ["wsgi.multiprocess"] = True
+    job = Job(middleware.runner, new_task_id(), capture_request(environ, 10**6))
+    job.attached = False
+    middleware.runner.attach(job)
+    record = middleware.get_store().deliver(job.id, time.time() + LEASE)
+    assert record is not None and record.attempts == 1
+    job.snapshot.discard()
+    return job.id
+
+
+def test_a_sibling_process_runs_a_retry_task_whose_runner_died(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    options = {"store": f"sqlite:///{tmp_path}/t.db", "lease_timeout": LEASE}
+    dead = make(built, retry=["POST /echo"], max_attempts=2, **options)
+    sibling = make(built, retry=["POST /echo"], max_attempts=2, **options)
+    task_id = abandoned_task(dead, b"payload")
+    store = sibling.get_store()
+    assert wait_until(lambda: store.get(task_id).state is TaskState.DONE, PATIENCE)  # type: ignore[union-attr]
+    record = store.get(task_id)
+    assert record is not None and record.attempts == 2
+    reader = store.open_body(task_id)
+    assert reader is not None
+    with reader:
+        assert b"payload".hex().encode() in reader.read()
+    assert store.load_request(task_id) is None, "the captured request goes with its task"
+
+
+def test_off_the_retry_rules_a_task_whose_runner_died_reads_lost(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    options = {"store": f"sqlite:///{tmp_path}/t.db", "lease_timeout": LEASE}
+    dead = make(built, retry=["POST /other"], **options)
+    sibling = make(built, retry=["POST /other"], **options)
+    task_id = abandoned_task(dead, b"payload")
+    time.sleep(LEASE * 3)
+    assert sibling.pool.sweep() == 0
+    record = sibling.get_store().get(task_id)
+    assert record is not None and record.state is TaskState.LOST
+
+
+def test_a_retry_task_runs_at_most_max_attempts_times(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    options = {"store": f"sqlite:///{tmp_path}/t.db", "lease_timeout": LEASE}
+    dead = make(built, retry=["POST /echo"], max_attempts=1, **options)
+    task_id = abandoned_task(dead, b"payload")  # its one run was the one that died
+    time.sleep(LEASE * 2)
+    assert dead.pool.sweep() == 0
+    assert dead.get_store().get(task_id).state is TaskState.LOST  # type: ignore[union-attr]
+
+
+def test_with_a_memory_store_nothing_is_kept_for_retries(built: list[DeferredMiddleware]) -> None:
+    from apps import request, result_of
+
+    middleware = make(built, store="memory://", retry=["POST /echo"])
+    accepted = request(middleware, "POST", "/echo", data=b"x")
+    assert result_of(middleware, accepted).code == 201  # echo_app answers 201 Created
+    assert middleware.get_store().load_request(accepted.task_id) is None
+    assert middleware.get_store().get(accepted.task_id).max_attempts == 1  # type: ignore[union-attr]
