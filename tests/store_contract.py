@@ -506,7 +506,6 @@ class StoreContract:
         assert done is not None and (done.attempts, done.max_attempts) == (1, 3)
 
 
-
 # -- listing (Store.list_tasks: the operator's view) ----------------------------------------------
 
 

@@ -133,7 +133,13 @@ def submit(server: Gunicorn, path: str, body: bytes = b"", headers: dict[str, st
 def test_top_level_help_and_version(app_dir: Path) -> None:
     helped = run("--help", cwd=app_dir)
     assert helped.returncode == 0
-    for text in ("usage: wsgi-deferred {serve,check,tasks,worker}", "202 Accepted", "serve ", "tasks ", "worker "):
+    for text in (
+        "usage: wsgi-deferred {serve,check,tasks,worker}",
+        "202 Accepted",
+        "serve ",
+        "tasks ",
+        "worker ",
+    ):
         assert text in helped.stdout
     version = run("--version", cwd=app_dir)
     assert (version.returncode, version.stdout.strip()) == (0, "wsgi-deferred 0.1.0")

@@ -29,8 +29,8 @@ from .binding import Binding, BindOption
 from .capture import BodyError, ChainedInput, RequestSnapshot, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
 from .estimate import DurationHistory
-from .holds import INLINE, HoldBudget
 from .executors import open_executor
+from .holds import INLINE, HoldBudget
 from .metrics import Metrics
 from .pages import render_message, wants_html
 from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit
