@@ -152,7 +152,9 @@ def test_a_sibling_process_runs_a_retry_task_whose_runner_died(
     assert reader is not None
     with reader:
         assert b"payload".hex().encode() in reader.read()
-    assert store.load_request(task_id) is None, "the captured request goes with its task"
+    # Deleted just after the result is stored (runner._forget_request), so wait for it.
+    gone = wait_until(lambda: store.load_request(task_id) is None, PATIENCE)
+    assert gone, "the captured request goes with its task"
 
 
 def test_off_the_retry_rules_a_task_whose_runner_died_reads_lost(

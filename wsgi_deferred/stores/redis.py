@@ -439,10 +439,10 @@ return 1
                 pipe.execute()
                 for chunk in body.iter_chunks(self.chunk_size):
                     self._redis.rpush(temp, chunk)
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.rename(temp, key)
-                pipe.zadd(self.prefix + "retry", {task_id: time.time()})
-                pipe.execute()
+                # Two calls, not a pipeline: redis-py's cluster pipeline refuses RENAME, and
+                # the retry index lives in another slot than the request.
+                self._redis.rename(temp, key)
+                self._redis.zadd(self.prefix + "retry", {task_id: time.time()})
             except BaseException:
                 with contextlib.suppress(redis.RedisError):
                     self._redis.unlink(temp)
