@@ -24,6 +24,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .errors import StoreUnavailable
 from .stores.base import Store
@@ -45,8 +47,9 @@ def default_client_limit(max_pending: int) -> int:
 class Admission:
     """Takes, renews and gives back per-client slots for one middleware."""
 
-    def __init__(self, limit: int, lease_timeout: float) -> None:
+    def __init__(self, limit: int, lease_timeout: float, store: Callable[[], Store]) -> None:
         self.limit = limit
+        self._store = store  # the middleware's store getter (the store is chosen lazily)
         self.lease_timeout = lease_timeout  # seconds a slot lives without a renewal
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # task id -> client, slots this process took
@@ -58,14 +61,14 @@ class Admission:
         of any shape makes a valid key (and a Redis hash tag without braces)."""
         return hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def acquire(self, store: Store, client_key: str | None, task_id: str) -> bool:
+    def acquire(self, client_key: str | None, task_id: str) -> bool:
         """Take a slot for *task_id*; False when the client is at its limit. Raises
         StoreUnavailable when the store cannot be asked."""
         if client_key is None:
             return True
         client = self.client_id(client_key)
         try:
-            taken = store.acquire_slot(
+            taken = self._store().acquire_slot(
                 client, task_id, self.limit, time.time() + self.lease_timeout
             )
         except NotImplementedError:
@@ -82,7 +85,7 @@ class Admission:
     def holds(self, task_id: str) -> bool:
         return task_id in self._held
 
-    def release(self, store: Store, task_id: str) -> None:
+    def release(self, task_id: str) -> None:
         """Give *task_id*'s slot back, if it holds one (no store trip otherwise). Never
         raises: a slot the store cannot take back now expires within ``lease_timeout``."""
         with self._lock:
@@ -95,19 +98,23 @@ class Admission:
                 if not held:
                     del self._local[client]
         try:
-            store.release_slot(client, task_id)
+            self._store().release_slot(client, task_id)
         except NotImplementedError:
             pass
         except StoreUnavailable as exc:
             logger.warning("task %s: client slot not released (%s); it expires", task_id, exc)
 
-    def renew(self, store: Store) -> None:
+    def release_job(self, job: Any) -> None:
+        """``WorkerPool(on_release=...)``: a job left the pool, however it ended."""
+        self.release(job.id)
+
+    def renew(self) -> None:
         """Heartbeat: keep alive the slots of this process's unfinished tasks."""
         with self._lock:
             slots = [(client, task_id) for task_id, client in self._held.items()]
         if not slots:
             return
         try:
-            store.renew_slots(slots, time.time() + self.lease_timeout)
+            self._store().renew_slots(slots, time.time() + self.lease_timeout)
         except NotImplementedError:
             pass  # the local fallback does not expire
