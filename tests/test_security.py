@@ -393,3 +393,45 @@ def test_script_name_never_makes_an_off_site_url(
     assert polled.code == 202 and polled.location == location
     assert polled.json()["status_url"] == location
     slow.release.set()
+
+
+def test_a_slot_of_a_task_that_left_the_process_lapses(tmp_path: Path) -> None:
+    # A task run elsewhere (another executor) never passes through this pool's release: its
+    # slot is not renewed for ever, it lapses after one lease and is forgotten here.
+    from wsgi_deferred.admission import Admission
+    from wsgi_deferred.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "slots.db"))
+    try:
+        admission = Admission(1, 0.3, lambda: store, running_here=lambda task_id: False)
+        assert admission.acquire("10.0.0.8", "t" * 22)
+        assert not admission.acquire("10.0.0.8", "u" * 22)
+        admission.renew()  # taken less than a lease ago: renewed
+        assert admission.holds("t" * 22)
+        time.sleep(0.4)
+        admission.renew()  # gone from the pool for over a lease: forgotten, not renewed
+        assert not admission.holds("t" * 22)
+        assert apps.wait_until(lambda: store.client_slots(admission.client_id("10.0.0.8")) == 0)
+        assert admission.acquire("10.0.0.8", "u" * 22)
+    finally:
+        store.close()
+
+
+def test_a_store_without_slot_methods_counts_per_process() -> None:
+    from wsgi_deferred.admission import Admission
+    from wsgi_deferred.stores.base import Store
+    from wsgi_deferred.stores.memory import MemoryStore
+
+    class OldStore(MemoryStore):  # a third-party store written before the slot methods
+        acquire_slot = Store.acquire_slot
+        release_slot = Store.release_slot
+        renew_slots = Store.renew_slots
+
+    store = OldStore()
+    admission = Admission(2, 30.0, lambda: store)
+    assert admission.acquire("c", "a" * 22) and admission.acquire("c", "b" * 22)
+    assert not admission.acquire("c", "c" * 22)
+    assert admission.acquire("d", "e" * 22)
+    admission.release("a" * 22)
+    assert admission.acquire("c", "c" * 22)
+    admission.renew()  # no error without the store's methods

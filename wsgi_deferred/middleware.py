@@ -130,6 +130,7 @@ class DeferredMiddleware:
             max_pending_per_client or default_client_limit(max_pending),
             float(lease_timeout),
             self.get_store,
+            running_here=lambda task_id: self.pool.find(task_id) is not None,
         )
         self.runner = TaskRunner(
             app,
