@@ -54,7 +54,7 @@ def requests(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # function scope: its pool threads end within the test that made them
 def wrapped() -> Iterator[DeferredMiddleware]:
     before = pool_threads()
     with Harness() as harness:

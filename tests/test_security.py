@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apps
 import pytest
+import redis_server
 from apps import Harness, Router, call, make_environ, result_of
 
 from wsgi_deferred import DeferredMiddleware
@@ -20,7 +22,9 @@ from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 from wsgi_deferred.sanitize import log_safe
 
-pytestmark = pytest.mark.usefixtures("no_thread_leak")
+# The shared Redis fixtures (skipped without a server unless WSGI_DEFERRED_REQUIRE_REDIS=1).
+redis_url = redis_server.redis_url
+redis_prefix = redis_server.redis_prefix
 
 
 @pytest.fixture
@@ -216,13 +220,27 @@ def test_one_client_gets_a_fair_share_of_max_pending_by_default(make_mw: Harness
         assert result_of(mw, accepted).code == 200
 
 
-def test_per_client_count_lives_in_the_shared_store(make_mw: Harness, tmp_path: Path) -> None:
-    # Two middlewares on one SQLite file stand for two gunicorn workers (or two hosts): the
+def _shared_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A new handle on one shared storage per call: a SQLite file, or a Redis prefix."""
+    if kind == "sqlite":
+        return f"sqlite://{tmp_path}/shared.db"
+    from wsgi_deferred.stores.redis import RedisStore
+
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return RedisStore(url, prefix=prefix)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_per_client_count_lives_in_the_shared_store(
+    make_mw: Harness, tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    # Two middlewares on one store stand for two gunicorn workers (or two hosts): the
     # client's limit is one number for both (issue 8, finding 5: -w 2 let 2 x 5 in).
-    url = f"sqlite://{tmp_path}/shared.db"
     slow = apps.SlowApp()
-    first = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
-    second = make_mw(slow, routes=["/slow"], store=url, max_pending_per_client=2)
+    first = make_mw(slow, routes=["/slow"], store=_shared_store(kind, request, tmp_path),
+                    max_pending_per_client=2)  # fmt: skip
+    second = make_mw(slow, routes=["/slow"], store=_shared_store(kind, request, tmp_path),
+                     max_pending_per_client=2)  # fmt: skip
     env = {"REMOTE_ADDR": "10.0.0.7"}
     a = call(first, make_environ("/slow", "POST", **env))
     b = call(second, make_environ("/slow", "POST", **env))
@@ -375,3 +393,45 @@ def test_script_name_never_makes_an_off_site_url(
     assert polled.code == 202 and polled.location == location
     assert polled.json()["status_url"] == location
     slow.release.set()
+
+
+def test_a_slot_of_a_task_that_left_the_process_lapses(tmp_path: Path) -> None:
+    # A task run elsewhere (another executor) never passes through this pool's release: its
+    # slot is not renewed for ever, it lapses after one lease and is forgotten here.
+    from wsgi_deferred.admission import Admission
+    from wsgi_deferred.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "slots.db"))
+    try:
+        admission = Admission(1, 0.3, lambda: store, running_here=lambda task_id: False)
+        assert admission.acquire("10.0.0.8", "t" * 22)
+        assert not admission.acquire("10.0.0.8", "u" * 22)
+        admission.renew()  # taken less than a lease ago: renewed
+        assert admission.holds("t" * 22)
+        time.sleep(0.4)
+        admission.renew()  # gone from the pool for over a lease: forgotten, not renewed
+        assert not admission.holds("t" * 22)
+        assert apps.wait_until(lambda: store.client_slots(admission.client_id("10.0.0.8")) == 0)
+        assert admission.acquire("10.0.0.8", "u" * 22)
+    finally:
+        store.close()
+
+
+def test_a_store_without_slot_methods_counts_per_process() -> None:
+    from wsgi_deferred.admission import Admission
+    from wsgi_deferred.stores.base import Store
+    from wsgi_deferred.stores.memory import MemoryStore
+
+    class OldStore(MemoryStore):  # a third-party store written before the slot methods
+        acquire_slot = Store.acquire_slot
+        release_slot = Store.release_slot
+        renew_slots = Store.renew_slots
+
+    store = OldStore()
+    admission = Admission(2, 30.0, lambda: store)
+    assert admission.acquire("c", "a" * 22) and admission.acquire("c", "b" * 22)
+    assert not admission.acquire("c", "c" * 22)
+    assert admission.acquire("d", "e" * 22)
+    admission.release("a" * 22)
+    assert admission.acquire("c", "c" * 22)
+    admission.renew()  # no error without the store's methods

@@ -24,6 +24,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .errors import StoreUnavailable
 from .stores.base import Store
@@ -37,6 +39,10 @@ logger = logging.getLogger("wsgi_deferred")
 DEFAULT_CLIENT_SHARE = 0.1
 
 
+#: Held slots between two prunes on acquire (the heartbeat prunes too, while tasks run here).
+PRUNE_EVERY = 256
+
+
 def default_client_limit(max_pending: int) -> int:
     """The fair-share ``max_pending_per_client`` used when none is given (at least 1)."""
     return max(1, math.floor(max_pending * DEFAULT_CLIENT_SHARE))
@@ -45,11 +51,23 @@ def default_client_limit(max_pending: int) -> int:
 class Admission:
     """Takes, renews and gives back per-client slots for one middleware."""
 
-    def __init__(self, limit: int, lease_timeout: float) -> None:
+    def __init__(
+        self,
+        limit: int,
+        lease_timeout: float,
+        store: Callable[[], Store],
+        running_here: Callable[[str], object] = lambda task_id: True,
+    ) -> None:
         self.limit = limit
+        self._store = store  # the middleware's store getter (the store is chosen lazily)
         self.lease_timeout = lease_timeout  # seconds a slot lives without a renewal
+        #: Whether a task is still in this process's pool (``WorkerPool.find``). Only those
+        #: slots are renewed: a task handed to another process or executor keeps its slot
+        #: for one lease, then the slot lapses, never stuck for good.
+        self._running_here = running_here
         self._lock = threading.Lock()
-        self._held: dict[str, str] = {}  # task id -> client, slots this process took
+        #: task id -> (client, when taken: monotonic seconds), the slots this process took
+        self._held: dict[str, tuple[str, float]] = {}
         self._local: dict[str, set[str]] = {}  # fallback: client -> task ids, this process
 
     @staticmethod
@@ -58,14 +76,14 @@ class Admission:
         of any shape makes a valid key (and a Redis hash tag without braces)."""
         return hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def acquire(self, store: Store, client_key: str | None, task_id: str) -> bool:
+    def acquire(self, client_key: str | None, task_id: str) -> bool:
         """Take a slot for *task_id*; False when the client is at its limit. Raises
         StoreUnavailable when the store cannot be asked."""
         if client_key is None:
             return True
         client = self.client_id(client_key)
         try:
-            taken = store.acquire_slot(
+            taken = self._store().acquire_slot(
                 client, task_id, self.limit, time.time() + self.lease_timeout
             )
         except NotImplementedError:
@@ -76,38 +94,59 @@ class Admission:
                     held.add(task_id)
         if taken:
             with self._lock:
-                self._held[task_id] = client
+                self._held[task_id] = (client, time.monotonic())
+                if len(self._held) % PRUNE_EVERY == 0:  # the heartbeat may not be running
+                    self._prune()
         return taken
 
     def holds(self, task_id: str) -> bool:
         return task_id in self._held
 
-    def release(self, store: Store, task_id: str) -> None:
+    def release(self, task_id: str) -> None:
         """Give *task_id*'s slot back, if it holds one (no store trip otherwise). Never
         raises: a slot the store cannot take back now expires within ``lease_timeout``."""
         with self._lock:
-            client = self._held.pop(task_id, None)
-            if client is None:
+            entry = self._held.pop(task_id, None)
+            if entry is None:
                 return
+            client = entry[0]
             held = self._local.get(client)
             if held is not None:
                 held.discard(task_id)
                 if not held:
                     del self._local[client]
         try:
-            store.release_slot(client, task_id)
+            self._store().release_slot(client, task_id)
         except NotImplementedError:
             pass
         except StoreUnavailable as exc:
             logger.warning("task %s: client slot not released (%s); it expires", task_id, exc)
 
-    def renew(self, store: Store) -> None:
-        """Heartbeat: keep alive the slots of this process's unfinished tasks."""
+    def _prune(self) -> list[tuple[str, str]]:
+        """Drop held slots of tasks gone from this process for over a lease; return the rest
+        as ``(client, task id)``. Caller holds the lock."""
+        young = time.monotonic() - self.lease_timeout
+        kept = []
+        for task_id, (client, taken) in list(self._held.items()):
+            if self._running_here(task_id) or taken > young:
+                kept.append((client, task_id))
+            else:
+                del self._held[task_id]
+        return kept
+
+    def release_job(self, job: Any) -> None:
+        """``WorkerPool(on_release=...)``: a job left the pool, however it ended."""
+        self.release(job.id)
+
+    def renew(self) -> None:
+        """Heartbeat: keep alive the slots of this process's unfinished tasks, and forget
+        (let lapse) those of tasks that left this process without passing through the pool's
+        release (the store's copy expires by itself)."""
         with self._lock:
-            slots = [(client, task_id) for task_id, client in self._held.items()]
+            slots = self._prune()
         if not slots:
             return
         try:
-            store.renew_slots(slots, time.time() + self.lease_timeout)
+            self._store().renew_slots(slots, time.time() + self.lease_timeout)
         except NotImplementedError:
             pass  # the local fallback does not expire

@@ -23,7 +23,8 @@ Counter names (events): ``deferred`` (answered 202), ``inline`` (raced or ``Pref
 finished in time), ``done``/``failed``/``lost`` (how tasks run here ended), ``cancelled``
 (cancellations accepted here), ``rejected_pool_full`` (503), ``rejected_client_limit`` (429),
 ``rejected_body`` (413 and other unreadable bodies), ``passed_through_large_body``,
-``passed_through_anonymous`` (no credential under ``bind``: run inline).
+``passed_through_anonymous`` (no credential under ``bind``: run inline), ``inline_client_limit``
+(a raced request past ``defer_after`` whose client was at its limit: answered inline).
 Durations: ``run_seconds`` (start to end of the app's work) and ``wait_seconds`` (accepted to
 started: time spent in the queue).
 """

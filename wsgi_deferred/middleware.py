@@ -143,7 +143,10 @@ class DeferredMiddleware:
         #: Per-client pending tasks, counted in the store for the whole deployment; a fair
         #: share of max_pending unless max_pending_per_client says otherwise.
         self.admission = Admission(
-            max_pending_per_client or default_client_limit(max_pending), float(lease_timeout)
+            max_pending_per_client or default_client_limit(max_pending),
+            float(lease_timeout),
+            self.get_store,
+            running_here=lambda task_id: self.pool.find(task_id) is not None,
         )
         self.runner = TaskRunner(
             app,
@@ -164,7 +167,7 @@ class DeferredMiddleware:
             heartbeat_interval=float(lease_timeout) / 3,
             on_heartbeat=self._heartbeat,
             drain_timeout=drain_timeout,
-            on_release=self._release_slot,
+            on_release=self.admission.release_job,
         )
         self.pool.on_change = self.metrics.watch(self.pool)  # Prometheus gauges, if on
         #: Requests this process may hold at once (docs/protocol.md, "Holds").
@@ -294,12 +297,12 @@ class DeferredMiddleware:
             # A client slot (counted in the store, for the deployment) before the task
             # exists; a job that may finish inline takes one only if it is handed over.
             try:
-                admitted = self.admission.acquire(store, client_key, task_id)
+                admitted = self.admission.acquire(client_key, task_id)
                 if admitted:
                     self.runner.attach(job)
             except StoreUnavailable as exc:
                 self.pool.release(client_key)
-                self.admission.release(store, task_id)
+                self.admission.release(task_id)
                 snapshot.discard()
                 return self._busy(start_response, "503 Service Unavailable", str(exc), html)
             if not admitted:
@@ -335,14 +338,14 @@ class DeferredMiddleware:
                 # Finished (or abandoned by shutdown) in the instant between wait and lock.
                 return False
             try:
-                if self.admission.acquire(store, job.client_key, job.id):
+                if self.admission.acquire(job.client_key, job.id):
                     self.runner.attach(job)
                     return True
                 # Over its quota: no 202, the client waits for its answer inline (it holds
                 # its own connection, as without the middleware).
                 self.metrics.incr("inline_client_limit")
             except StoreUnavailable:
-                self.admission.release(store, job.id)
+                self.admission.release(job.id)
                 logger.warning(
                     "task %s: store unavailable, answering inline instead",
                     job.id,
@@ -430,12 +433,7 @@ class DeferredMiddleware:
         try:
             self.runner.heartbeat(jobs)
         finally:
-            self.admission.renew(self.get_store())
-
-    def _release_slot(self, job: Any) -> None:
-        """A job left the pool (however it ended): give its client slot back."""
-        if self.admission.holds(job.id):
-            self.admission.release(self.get_store(), job.id)
+            self.admission.renew()
 
     def _max_attempts_for(self, snapshot: RequestSnapshot) -> int:
         variables = snapshot.variables

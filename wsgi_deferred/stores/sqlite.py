@@ -38,12 +38,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import BinaryIO, TypeVar
 
 from ..buffers import SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState
+from . import sqlite_slots
 from .base import (
     DEFAULT_LIST_LIMIT,
     LIST_SCAN_MAX,
@@ -407,69 +408,20 @@ class SQLiteStore(Store):
         self._wake.close()
 
     # -- per-client admission (docs/security.md, "Limits") ---------------------------------
-    # One table shared by every process of the host; each acquire is one BEGIN IMMEDIATE
-    # transaction, so two workers can never both take a client's last slot.
-
-    _SLOTS_TABLE = (
-        "CREATE TABLE IF NOT EXISTS client_slots (client TEXT NOT NULL, task_id TEXT NOT NULL,"
-        " expires REAL NOT NULL, PRIMARY KEY (client, task_id)) WITHOUT ROWID"
-    )
-    _slots_ready = False
-
-    def _slots(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        def run(conn: sqlite3.Connection) -> T:
-            if not self._slots_ready:
-                conn.execute(self._SLOTS_TABLE)
-            return operation(conn)
-
-        result = self._db.transaction(run)
-        self._slots_ready = True
-        return result
+    # The SQL is in sqlite_slots.py: one table shared by every process of the host, each
+    # acquire one BEGIN IMMEDIATE transaction (two workers never both take a last slot).
 
     def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
-        now = time.time()
-
-        def acquire(conn: sqlite3.Connection) -> bool:
-            # Every client's expired slots (their process died): the table stays small.
-            conn.execute("DELETE FROM client_slots WHERE expires < ?", (now,))
-            held = conn.execute(
-                "SELECT task_id = ? FROM client_slots WHERE client = ?", (task_id, client)
-            ).fetchall()
-            if not any(row[0] for row in held) and len(held) >= limit:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO client_slots (client, task_id, expires) VALUES (?, ?, ?)",
-                (client, task_id, expires),
-            )
-            return True
-
-        return self._slots(acquire)
+        return sqlite_slots.acquire(self._db, client, task_id, limit, expires)
 
     def release_slot(self, client: str, task_id: str) -> None:
-        self._slots(
-            lambda conn: conn.execute(
-                "DELETE FROM client_slots WHERE client = ? AND task_id = ?", (client, task_id)
-            )
-        )
+        sqlite_slots.release(self._db, client, task_id)
 
     def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
-        pairs = [(expires, client, task_id) for client, task_id in slots]
-        if pairs:
-            self._slots(
-                lambda conn: conn.executemany(
-                    "UPDATE client_slots SET expires = ? WHERE client = ? AND task_id = ?", pairs
-                )
-            )
+        sqlite_slots.renew(self._db, slots, expires)
 
     def client_slots(self, client: str) -> int:
-        return int(
-            self._slots(
-                lambda conn: conn.execute(
-                    "SELECT COUNT(*) FROM client_slots WHERE client = ? AND expires >= ?",
-                    (client, time.time()),
-                ).fetchone()[0]
-            )
-        )
+        return sqlite_slots.count(self._db, client)
 
     # -- listing (Store.list_tasks) ------------------------------------------------------------
 
