@@ -37,8 +37,10 @@ client handed in is used with blocks shorter than its own socket timeout instead
 
 Round trips (standalone, Sentinel): one per call; ``finish`` of a body of at most one chunk
 carries it in the script (else: a state check, one per chunk, the script); ``open_body``
-returns the first chunk with the state check. On Redis Cluster, calls that also move an
-index entry take two (redis-py does not pipeline EVALSHA on a cluster).
+returns the first chunk with the state check; ``cancel`` of a finished task takes a second to
+drop its index entry. On Redis Cluster, calls that also move an index entry (create, claim,
+finish, fail, cancel) take two, and ``renew`` one per task: redis-py does not pipeline
+EVALSHA on a cluster.
 
 Needs Redis >= 6.2 (BLMOVE, ZADD GT/LT) and redis-py >= 5.3.
 """
