@@ -304,3 +304,37 @@ def test_dead_cluster_fails_fast_with_store_unavailable(tmp_path: Path) -> None:
         store.close()
     finally:
         cluster.stop()
+
+
+def test_every_script_touches_only_the_keys_it_is_given() -> None:
+    """Redis Cluster's rule, checked on the text: each redis.call's key is one of the KEYS
+    variables (task, done, body, upload), never a name built inside the script."""
+    import re
+
+    from wsgi_deferred.stores.redis_lua import SCRIPTS
+
+    declared = {"task", "done", "body", "upload"}
+    calls = 0
+    for name, text in SCRIPTS.items():
+        assert re.search(r"\.\.\s*'[^']*[{}:]", text) is None, name  # no key concatenation
+        for command, key in re.findall(r"redis\.call\('(\w+)',\s*([\w\[\]]+)", text):
+            calls += 1
+            assert key in declared, f"{name}: {command} {key}"
+        for binding in re.findall(r"local (\w+) = KEYS\[\d\]", text):
+            assert binding in declared
+    assert calls > 30  # the check saw the scripts' calls
+
+
+def test_purge_walks_past_a_full_batch(
+    make_cluster_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsgi_deferred.stores.redis as module
+
+    monkeypatch.setattr(module, "PURGE_BATCH", 2)  # several rounds in most shards
+    store = make_cluster_store()
+    records = [running(store) for _ in range(40)]
+    for record in records[:30]:
+        store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + 60)
+    assert store.purge(now=time.time() + 120) == 30
+    assert all(store.get(r.id) is not None for r in records[30:])
+    assert store.purge(now=time.time() + 120) == 0

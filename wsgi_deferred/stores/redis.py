@@ -38,8 +38,10 @@ client handed in is used with blocks shorter than its own socket timeout instead
 
 Round trips (standalone, Sentinel): one per call; ``finish`` of a body of at most one chunk
 carries it in the script (else: a state check, one per chunk, the script); ``open_body``
-returns the first chunk with the state check. On Redis Cluster, calls that also move an
-index entry take two (redis-py does not pipeline EVALSHA on a cluster).
+returns the first chunk with the state check; ``cancel`` of a finished task takes a second to
+drop its index entry. On Redis Cluster, calls that also move an index entry (create, claim,
+finish, fail, cancel) take two, and ``renew`` one per task: redis-py does not pipeline
+EVALSHA on a cluster.
 
 Needs Redis >= 6.2 (BLMOVE, ZADD GT/LT) and redis-py >= 5.3.
 """
@@ -279,28 +281,35 @@ class RedisStore(RedisCalls, Store):
         # caller asking with a later `now`). Its scores are lower bounds: each due entry is
         # checked by a per-task script, which removes the task or tells its real deadline.
         at = time.time() if now is None else now
+        shards = [self._shard(n) for n in range(INDEX_SHARDS)]
         removed = 0
         with _unavailable():
-            for shard in map(self._shard, range(INDEX_SHARDS)):
+            pipe = self._redis.pipeline(transaction=False)  # what is due, in every shard
+            for shard in shards:
+                pipe.zrangebyscore(shard, "-inf", f"({at!r}", 0, PURGE_BATCH)
+            for shard, due in zip(shards, pipe.execute(), strict=True):
                 for _ in range(PURGE_ROUNDS):
+                    if not due:
+                        break
+                    removed += self._purge_batch(shard, [m.decode() for m in due], at)
+                    if len(due) < PURGE_BATCH:
+                        break
                     due = self._redis.zrangebyscore(shard, "-inf", f"({at!r}", 0, PURGE_BATCH)
-                    ids = [member.decode() for member in due]
-                    if not ids:
-                        break
-                    results = self._purge_each(ids, at)
-                    removed += sum(1 for result in results if result == 1)
-                    pipe = self._redis.pipeline(transaction=False)
-                    pairs = list(zip(ids, results, strict=True))
-                    forget = [i for i, result in pairs if result in (-1, 1)]
-                    if forget:
-                        pipe.zrem(shard, *forget)
-                    later = {i: float(result) for i, result in pairs if isinstance(result, bytes)}
-                    if later:  # not due after all: its entry moves to its real deadline
-                        pipe.zadd(shard, later, xx=True)
-                    pipe.execute()
-                    if len(ids) < PURGE_BATCH:
-                        break
         return removed
+
+    def _purge_batch(self, shard: str, ids: list[str], at: float) -> int:
+        """Check each due entry with its task's script; drop or re-score the entries."""
+        results = self._purge_each(ids, at)
+        pipe = self._redis.pipeline(transaction=False)
+        pairs = list(zip(ids, results, strict=True))
+        forget = [i for i, result in pairs if result in (-1, 1)]
+        if forget:
+            pipe.zrem(shard, *forget)
+        later = {i: float(result) for i, result in pairs if isinstance(result, bytes)}
+        if later:  # not due after all: its entry moves to its real deadline
+            pipe.zadd(shard, later, xx=True)
+        pipe.execute()
+        return sum(1 for result in results if result == 1)
 
     def _purge_each(self, ids: list[str], at: float) -> list[Any]:
         if self._cluster:  # no EVALSHA in a cluster pipeline: one script at a time

@@ -98,22 +98,27 @@ class RedisCalls:
         before: Before | None = None,
         keys: Iterable[str] = (),
         now: float | None = None,
+        pipe: Any = None,
     ) -> Any:
-        """Run script *name* on one task; *before* queues index commands on a pipeline,
-        sent with the script in one round trip (two on a cluster), ahead of it: the index
-        may name a task that is not (yet) there, never miss one that is."""
+        """Run script *name* on one task: KEYS are the task's (`_keys`) plus *keys* (of the
+        same task), ARGV[1] is *now* (default: the time) and ARGV[2..] are *args*. *before*
+        queues index commands on a pipeline, sent with the script in one round trip (two on
+        a cluster), ahead of it: the index may name a task that is not (yet) there, never
+        miss one that is. *pipe*: queue the script on that (standalone) pipeline instead."""
         call = self._scripts[name]
         argv = [repr(time.time() if now is None else now), *args]
         all_keys = [*self._keys(task_id), *keys]
         with unavailable():
+            if pipe is not None:
+                return call(all_keys, argv, client=pipe)
             if before is None:
                 return call(all_keys, argv)
-            pipe = self._redis.pipeline(transaction=False)
-            before(pipe)
+            batch = self._redis.pipeline(transaction=False)
+            before(batch)
             if self._cluster:
-                pipe.execute()
+                batch.execute()
                 return call(all_keys, argv)
-            return self._execute(pipe, [self._queue(pipe, name, all_keys, argv)])[-1]
+            return self._execute(batch, [self._queue(batch, name, all_keys, argv)])[-1]
 
     def _queue(self, pipe: Any, name: str, keys: list[str], argv: list[Any]) -> Any:
         """Queue script *name* on *pipe* as a bare EVALSHA; returns what `_execute` needs.
