@@ -24,7 +24,9 @@ otherwise :mod:`wsgi_deferred.metrics` serves its own per-process text.
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,6 +59,9 @@ KNOWN_EVENTS = (
     "passed_through_large_body",
 )  # fmt: skip
 FINAL_STATES = ("done", "failed", "cancelled", "lost")
+#: Reads of the multiprocess directory one scrape tries, and the seconds between two.
+SCRAPE_ATTEMPTS = 5
+SCRAPE_RETRY_PAUSE = 0.01
 CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 
@@ -185,11 +190,20 @@ class PrometheusMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The scrape: every process's values in multiprocess mode, else this registry."""
-        if self.multiprocess:
+        if not self.multiprocess:
+            return exposition.generate_latest(REGISTRY), CONTENT_TYPE
+        for attempt in range(SCRAPE_ATTEMPTS):
             registry = CollectorRegistry()  # per scrape, as prometheus_client documents
             multiprocess.MultiProcessCollector(registry)
-            return exposition.generate_latest(registry), CONTENT_TYPE
-        return exposition.generate_latest(REGISTRY), CONTENT_TYPE
+            try:
+                return exposition.generate_latest(registry), CONTENT_TYPE
+            except struct.error:
+                # A worker that is booting has created its file but not yet sized it (an
+                # empty file for a few microseconds): read them all again.
+                if attempt == SCRAPE_ATTEMPTS - 1:
+                    raise
+                time.sleep(SCRAPE_RETRY_PAUSE)
+        raise AssertionError("unreachable")
 
 
 _instance: PrometheusMetrics | None = None
