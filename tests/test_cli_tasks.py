@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +70,20 @@ def test_store_from_the_environment(
         main(["tasks"])
     assert exited.value.code == 2
     assert "give --store URL" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "many.db"))
+    for _ in range(2500):  # ~150 KB of lines: more than a pipe holds
+        store.create(TaskRecord(id=new_task_id(), label="GET /x", lease_expires=time.time() + 60))
+    store.close()
+    command = [sys.executable, "-m", "wsgi_deferred.cli", "tasks", "--limit", "2500",
+               "--store", f"sqlite://{tmp_path}/many.db"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # as `| head -1` does
+        errors = process.stderr.read()
+        assert process.wait(30) == 0, errors
+    assert first.split()[1] == b"queued"
+    assert errors == b""

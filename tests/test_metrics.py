@@ -440,3 +440,24 @@ def test_a_multiprocess_directory_that_does_not_exist_is_a_configuration_error(
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("wsgi_deferred.errors.ConfigurationError: PROMETHEUS_MULTIPROC_DIR=")
+
+
+RACING_BOOT = """
+import os, sys, threading
+from wsgi_deferred import DeferredMiddleware
+middleware = DeferredMiddleware(lambda e, s: [], store="memory://", metrics_path="/m")
+booting = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "counter_424242.db")
+open(booting, "wb").close()  # a worker that has created its file but not sized it yet
+threading.Timer(0.02, os.remove, [booting]).start()
+body, _ = middleware.metrics.exporter.render()
+assert b"wsgi_deferred_requests_total" in body
+middleware.close(1)
+"""
+
+
+def test_a_scrape_racing_a_booting_worker_is_retried(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", RACING_BOOT], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr

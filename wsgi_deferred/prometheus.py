@@ -24,7 +24,9 @@ otherwise :mod:`wsgi_deferred.metrics` serves its own per-process text.
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,6 +59,9 @@ KNOWN_EVENTS = (
     "passed_through_large_body",
 )  # fmt: skip
 FINAL_STATES = ("done", "failed", "cancelled", "lost")
+#: Reads of the multiprocess directory one scrape tries, and the seconds between two.
+SCRAPE_ATTEMPTS = 5
+SCRAPE_RETRY_PAUSE = 0.01
 CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 
@@ -128,50 +133,77 @@ class PrometheusMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
-        for state in FINAL_STATES:
-            self.finished.labels(state)
-        for event in KNOWN_EVENTS:
-            self.requests.labels(event)
-        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Labelled children looked up once: labels() validates and locks on every call.
+        self._counters: dict[str, Any] = {s: self.finished.labels(s) for s in FINAL_STATES}
+        self._counters.update({e: self.requests.labels(e) for e in KNOWN_EVENTS})
+        self._histograms: dict[tuple[str, str], Any] = {}
+        self._gauges = (
+            self.tasks.labels("queued"), self.tasks.labels("running"), self.queue_depth,
+            self.pending,
+        )  # fmt: skip
+        self._last: tuple[int, ...] | None = None
+        # Weak references: a discarded middleware's pool leaves the sum (a WeakSet costs
+        # several µs per iteration, on every pool change).
+        self._pools: list[weakref.ref[Any]] = []
         self._lock = threading.Lock()
         self.pool_changed()  # the gauges exist at zero from the start
 
     def incr(self, name: str, amount: int = 1) -> None:
-        if name in FINAL_STATES:
-            self.finished.labels(name).inc(amount)
-        else:
-            self.requests.labels(name).inc(amount)
+        child = self._counters.get(name)
+        if child is None:
+            family = self.finished if name in FINAL_STATES else self.requests
+            child = self._counters[name] = family.labels(name)
+        child.inc(amount)
 
     def observe(self, name: str, seconds: float, rule: str) -> None:
-        histogram = self.durations.get(name)
-        if histogram is not None:
-            histogram.labels(rule).observe(seconds)
+        child = self._histograms.get((name, rule))
+        if child is None:
+            histogram = self.durations.get(name)
+            if histogram is None:
+                return
+            child = self._histograms[name, rule] = histogram.labels(rule)
+        child.observe(seconds)
 
     def watch(self, pool: _Pool) -> Callable[[Any], None]:
         """Count *pool* in this process's gauges; returns its ``on_change`` hook."""
-        self._pools.add(pool)
+        with self._lock:
+            self._pools = [r for r in self._pools if r() is not None] + [weakref.ref(pool)]
         return self.pool_changed
 
     def pool_changed(self, _pool: object = None) -> None:
         # Under the lock, the last caller reads the latest state of every pool: the gauges
         # end up right even when two threads change pools at once.
         with self._lock:
-            pools = list(self._pools)
-            pending = sum(p.pending for p in pools)
-            running = sum(p.running for p in pools)
+            pending = running = 0
+            for ref in self._pools:
+                pool = ref()
+                if pool is not None:
+                    pending += pool.pending
+                    running += pool.running
             queued = max(0, pending - running)
-            self.tasks.labels("queued").set(queued)
-            self.tasks.labels("running").set(running)
-            self.queue_depth.set(queued)
-            self.pending.set(pending)
+            values = (queued, running, queued, pending)
+            last = self._last or (-1,) * len(values)
+            self._last = values
+            for gauge, value, before in zip(self._gauges, values, last, strict=True):
+                if value != before:  # each set is a write to this process's file
+                    gauge.set(value)
 
     def render(self) -> tuple[bytes, str]:
         """The scrape: every process's values in multiprocess mode, else this registry."""
-        if self.multiprocess:
+        if not self.multiprocess:
+            return exposition.generate_latest(REGISTRY), CONTENT_TYPE
+        for attempt in range(SCRAPE_ATTEMPTS):
             registry = CollectorRegistry()  # per scrape, as prometheus_client documents
             multiprocess.MultiProcessCollector(registry)
-            return exposition.generate_latest(registry), CONTENT_TYPE
-        return exposition.generate_latest(REGISTRY), CONTENT_TYPE
+            try:
+                return exposition.generate_latest(registry), CONTENT_TYPE
+            except struct.error:
+                # A worker that is booting has created its file but not yet sized it (an
+                # empty file for a few microseconds): read them all again.
+                if attempt == SCRAPE_ATTEMPTS - 1:
+                    raise
+                time.sleep(SCRAPE_RETRY_PAUSE)
+        raise AssertionError("unreachable")
 
 
 _instance: PrometheusMetrics | None = None

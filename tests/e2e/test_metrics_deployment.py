@@ -144,10 +144,13 @@ def check_deployment(server: Gunicorn) -> None:
     wait_for(server, RUNNING, 0)
 
 
-def test_serve_w4_scrapes_agree_and_survive_a_killed_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["import-in-workers", "preload"])
+def test_serve_w4_scrapes_agree_and_survive_a_killed_worker(tmp_path: Path, preload: bool) -> None:
     env = {"TMPDIR": str(tmp_path), "PYTHONPATH": E2E}
     args = ["--route", "POST /job", "--route", "POST /sleep", "--metrics-path", "/_metrics",
             "--drain-timeout", "1", "--lease-timeout", "60"]  # fmt: skip
+    if preload:  # the master imports the app (and prometheus_client) before forking
+        args.append("--preload")
     with ServeCommand("jobs_app:app", workers=4, threads=4, env=env, extra_args=args) as server:
         check_deployment(server)
     leftovers = list(tmp_path.glob("wsgi-deferred-prometheus-*"))

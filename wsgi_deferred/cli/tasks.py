@@ -180,9 +180,13 @@ def tasks(args: argparse.Namespace) -> int:
         records = store.list_tasks(states=args.states, limit=args.limit)
         now = time.time()
         out = sys.stdout
-        for record in records:
-            out.write((_as_json(record, now) if args.json else format_line(record, now)) + "\n")
-        out.flush()
+        try:
+            for record in records:
+                out.write((_as_json(record, now) if args.json else format_line(record, now)) + "\n")
+            out.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            # Python would report the pipe again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except StoreUnavailable as exc:
         raise UsageError(f"store unavailable: {exc}") from None
