@@ -129,3 +129,14 @@ def test_non_latin1_header_value_fails_the_task_instead_of_every_fetch(make_mw: 
     mw: DeferredMiddleware = make_mw(app, routes=["/p"])
     final = result_of(mw, request(mw, "POST", "/p"))
     assert final.code == 500 and final.json()["state"] == "failed"
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis+cluster://h:x/0"])
+def test_a_malformed_redis_url_is_a_configuration_error(url: str) -> None:
+    # redis-py says ValueError for a port that is not a number; the middleware, wrap() and
+    # the CLI all expect the project's own ConfigurationError (one line, exit 2).
+    from wsgi_deferred.errors import ConfigurationError
+    from wsgi_deferred.stores import open_store
+
+    with pytest.raises(ConfigurationError, match="notaport|port|x"):
+        open_store(url)

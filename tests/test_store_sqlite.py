@@ -91,6 +91,8 @@ def test_wait_sees_another_instance_finish(db: str) -> None:
     started = time.monotonic()
     got = b.wait(record.id, 5)  # b's condition is never notified: this is the polling path
     timer.join()
+    a.close()
+    b.close()  # stops its wake-up listener thread
     assert got is not None and got.state is TaskState.DONE
     assert time.monotonic() - started < 1
 
@@ -109,6 +111,7 @@ def test_wait_wakes_at_once_on_a_finish_in_this_process(
     started = time.monotonic()
     got = store.wait(record.id, 8)
     timer.join()
+    store.close()  # stops its wake-up listener thread
     assert got is not None and got.state is TaskState.FAILED
     assert time.monotonic() - started < 2
 

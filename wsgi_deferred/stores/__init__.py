@@ -72,5 +72,8 @@ def open_store(url: str | Store) -> Store:
     if scheme in REDIS_SCHEMES:
         from .redis import RedisStore
 
-        return RedisStore.from_url(url)
+        try:
+            return RedisStore.from_url(url)
+        except ValueError as exc:  # redis-py's word for a malformed URL (a bad port, ...)
+            raise ConfigurationError(f"store URL {url!r}: {exc}") from None
     raise ConfigurationError(f"unknown store scheme {scheme!r} in {url!r}")
