@@ -138,5 +138,5 @@ def test_a_malformed_redis_url_is_a_configuration_error(url: str) -> None:
     from wsgi_deferred.errors import ConfigurationError
     from wsgi_deferred.stores import open_store
 
-    with pytest.raises(ConfigurationError, match="notaport|port|x"):
+    with pytest.raises(ConfigurationError, match=r"store URL"):
         open_store(url)
