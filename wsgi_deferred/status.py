@@ -151,6 +151,7 @@ class StatusEndpoint:
         record = self._visible(environ, store.get(task_id))
         wait = parse_prefer(environ.get("HTTP_PREFER")).wait
         applied: list[tuple[str, str]] = []
+        refused = False
         if record is not None and not record.state.is_final:
             # Long poll (RFC 7240 "wait") or a brief hold of a task about to end; either
             # only within the hold budget, else answered at once (docs/protocol.md, "Holds").
@@ -161,6 +162,7 @@ class StatusEndpoint:
                         record = self._visible(environ, store.wait(task_id, seconds))
                         if wait:
                             applied = [("Preference-Applied", f"wait={math.ceil(seconds)}")]
+                    refused = not held
         if record is None:
             return self.not_found(start_response, html, head)
         if record.state is TaskState.DONE:
@@ -176,7 +178,7 @@ class StatusEndpoint:
         if record.state.is_final:  # failed or lost
             body, ctype = render_status(record, url, html)
             return respond(start_response, "500 Internal Server Error", body, ctype, head=head)
-        return self.accepted(start_response, record, url, html, head, applied)
+        return self.accepted(start_response, record, url, html, head, applied, refused)
 
     def remaining(self, record: TaskRecord) -> float | None:
         """Seconds *record* probably has left (see :mod:`wsgi_deferred.estimate`)."""
@@ -203,13 +205,18 @@ class StatusEndpoint:
         html: bool,
         head: bool = False,
         extra_headers: Iterable[tuple[str, str]] = (),
+        refused: bool = False,
     ) -> list[bytes]:
-        """The ``202 Accepted`` for a queued or running task (also the first answer)."""
+        """The ``202 Accepted`` for a queued or running task (also the first answer);
+        *refused*: a hold this poll wanted was refused (the budget is spent)."""
         remaining = self.remaining(record)
         seconds = retry_after(record, remaining)
+        if refused and remaining is None:
+            # No estimate to aim at: spread a crowd of refused pollers out (holds.backoff).
+            seconds = max(seconds, self.holds.backoff())
         # A person watching a page wants to see progress: reload at the age-based pace
         # (1 s while young) unless the estimate says the end comes sooner.
-        refresh = min(seconds, retry_after(record)) if html else seconds
+        refresh = min(seconds, retry_after(record)) if html and not refused else seconds
         body, ctype = render_status(record, url, html, refresh=refresh, estimate=remaining)
         headers = [("Location", url), ("Retry-After", str(seconds)), ("Vary", "Accept, Prefer")]
         if html:
