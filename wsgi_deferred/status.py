@@ -54,7 +54,7 @@ MAX_CANCEL_FORM = 1024
 #: sleeps ``Retry-After`` gets a short job's result without a wasted second.
 BRIEF_HOLD_MAX = 1.0
 #: Seconds added to the estimate when briefly holding: estimates are medians, not promises.
-BRIEF_HOLD_SLACK = 0.1
+BRIEF_HOLD_SLACK = 0.25
 #: Seconds a poll is held when the route has no history yet and the task is young
 #: (under :data:`YOUNG_TASK` seconds old): most deferred work is short.
 UNKNOWN_BRIEF_HOLD = 0.25
