@@ -268,7 +268,7 @@ def hello_latencies(port: int, seconds: float, limit: int = 3000) -> list[float]
 
 
 def held(section: Section, quick: bool, log_dir: Path) -> None:
-    rounds, window = (1, 2.0) if quick else (3, 3.0)
+    rounds, window = (1, 2.0) if quick else (5, 3.0)
     ramp = 1.5  # seconds the crowd gets to connect before the measurement starts
     server = start_gunicorn("benchmarks.apps:jobs", 1, 8, {"BENCH_STORE": "memory://"}, log_dir)
     p50: dict[int, list[float]] = {n: [] for n in CROWDS}
