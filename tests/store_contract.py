@@ -505,6 +505,36 @@ class StoreContract:
         done = store.get(record.id)
         assert done is not None and (done.attempts, done.max_attempts) == (1, 3)
 
+    # -- waiting (docs/protocol.md, "Holds") -------------------------------------------------
+
+    def test_one_finish_wakes_every_waiter_of_the_task(self, store: Store) -> None:
+        record, other = new_record(), new_record()
+        store.create(record)
+        store.create(other)
+        got: list[TaskRecord | None] = []
+        lock = threading.Lock()
+
+        def wait(task_id: str) -> None:
+            result = store.wait(task_id, 20)
+            with lock:
+                got.append(result)
+
+        waiters = [threading.Thread(target=wait, args=(record.id,)) for _ in range(12)]
+        bystander = threading.Thread(target=wait, args=(other.id,))
+        for thread in [*waiters, bystander]:
+            thread.start()
+        time.sleep(0.2)  # all of them inside wait()
+        store.finish(record.id, "200 OK", [], body_of(b"w"), time.time() + HOUR)
+        for thread in waiters:
+            thread.join(10)
+            assert not thread.is_alive(), "a waiter was not woken by the finish"
+        assert len(got) == 12 and all(r is not None and r.state is TaskState.DONE for r in got)
+        assert bystander.is_alive()  # another task's waiter keeps waiting
+        store.cancel(other.id)  # a cancel wakes its waiters too
+        bystander.join(10)
+        assert not bystander.is_alive()
+
+
 
 # -- listing (Store.list_tasks: the operator's view) ----------------------------------------------
 

@@ -262,3 +262,37 @@ def test_serve_sets_the_budget_from_threads(
 
     args = build_serve_parser().parse_args(["app:app", *argv])
     assert serve_options(args, env)["max_holds"] == holds
+
+
+# -- back-off of refused crowds -----------------------------------------------------------------
+
+
+def test_backoff_grows_with_the_refusals_of_the_last_second() -> None:
+    from wsgi_deferred.holds import MAX_BACKOFF, REFUSED_POLLS_PER_SECOND
+
+    budget = HoldBudget(max_holds=0)
+    assert budget.backoff() == 1
+    for _ in range(REFUSED_POLLS_PER_SECOND * 3):
+        assert not budget.try_acquire(THREADED)
+    assert budget.backoff() in (3, 4)  # 3x the rate (4 if the second rolled over mid-way)
+    for _ in range(REFUSED_POLLS_PER_SECOND * 100):
+        budget.try_acquire(THREADED)
+    assert budget.backoff() == MAX_BACKOFF
+
+
+def test_a_refused_crowd_is_spread_out_unless_the_task_has_an_estimate(make_mw: Harness) -> None:
+    from wsgi_deferred.holds import REFUSED_POLLS_PER_SECOND
+
+    slow = SlowApp()
+    mw = make_mw(slow, routes=["/slow/<id>"], max_holds=0)
+    accepted = request(mw, "GET", "/slow/1")
+    for _ in range(REFUSED_POLLS_PER_SECOND * 4):
+        status_request(mw, accepted.location, wait=PATIENCE)
+    crowded = status_request(mw, accepted.location, wait=PATIENCE)
+    assert crowded.code == 202 and int(crowded.header("Retry-After") or 0) >= 4
+    page = status_request(mw, accepted.location, wait=PATIENCE, headers={"Accept": "text/html"})
+    assert (page.header("Refresh") or "").startswith(page.header("Retry-After") or "?")
+    # With an estimate the client is told when the end should come, crowd or not.
+    mw.history.record("x", "GET /slow/1", 2.5)
+    aimed = status_request(mw, accepted.location, wait=PATIENCE)
+    assert aimed.header("Retry-After") == "2"

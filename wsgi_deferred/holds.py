@@ -17,7 +17,10 @@ pages then cannot use. So holds are bounded per process (``docs/protocol.md``, "
 * under gevent or eventlet (``threading`` monkey-patched) a hold costs a greenlet, not a thread,
   and the budget is :data:`GREEN_MAX_HOLDS` unless set by hand;
 * otherwise the budget is ``max_holds`` (default :data:`DEFAULT_MAX_HOLDS`);
-  ``wsgi-deferred serve`` sets it from ``--threads`` with :func:`holds_for_threads`.
+  ``wsgi-deferred serve`` sets it from ``--threads`` with :func:`holds_for_threads`;
+* a crowd of refused pollers still costs CPU per poll, so past
+  :data:`REFUSED_POLLS_PER_SECOND` refusals a second the ``Retry-After`` of a refused poll
+  whose task has no estimate grows with the crowd (:meth:`HoldBudget.backoff`).
 
 Usage::
 
@@ -30,9 +33,11 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +60,12 @@ DEFAULT_MAX_HOLDS = 2
 GREEN_MAX_HOLDS = 1000
 #: Fraction of a worker's request threads that :func:`holds_for_threads` gives to holds.
 HOLD_SHARE = 0.25
+#: Refused polls per second a process is willing to answer; past it, refused polls of tasks
+#: with no estimate are told to come back later (:meth:`HoldBudget.backoff`), so a crowd of
+#: waiting pages costs the app's pages CPU in proportion to this, not to the crowd's size.
+REFUSED_POLLS_PER_SECOND = 50
+#: Longest ``Retry-After`` the back-off gives, in seconds.
+MAX_BACKOFF = 10
 
 #: A status poll (``Prefer: wait``, a waiting page's long poll, a brief hold of a first poll).
 POLL = "poll"
@@ -100,6 +111,10 @@ class HoldBudget:
         self._green: bool | None = None
         #: Holds refused since the start (for metrics and tests).
         self.refused = 0
+        # Refusals in the current and the previous whole second (time.monotonic()).
+        self._second = 0
+        self._this_second = 0
+        self._last_second = 0
 
     @property
     def held(self) -> int:
@@ -128,7 +143,24 @@ class HoldBudget:
                 self._held += 1
                 return True
             self.refused += 1
+            self._roll()
+            self._this_second += 1
             return False
+
+    def backoff(self) -> int:
+        """Whole seconds a refused poll should wait, from the refusals of the last second:
+        1 while they stay under :data:`REFUSED_POLLS_PER_SECOND`, then proportionally more
+        (256 refused clients -> 6 s), at most :data:`MAX_BACKOFF`."""
+        with self._lock:
+            self._roll()
+            rate = max(self._last_second, self._this_second)
+        return max(1, min(MAX_BACKOFF, math.ceil(rate / REFUSED_POLLS_PER_SECOND)))
+
+    def _roll(self) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._last_second = self._this_second if second == self._second + 1 else 0
+            self._this_second, self._second = 0, second
 
     def release(self) -> None:
         with self._lock:

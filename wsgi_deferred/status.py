@@ -55,7 +55,7 @@ MAX_CANCEL_FORM = 1024
 #: sleeps ``Retry-After`` gets a short job's result without a wasted second.
 BRIEF_HOLD_MAX = 1.0
 #: Seconds added to the estimate when briefly holding: estimates are medians, not promises.
-BRIEF_HOLD_SLACK = 0.1
+BRIEF_HOLD_SLACK = 0.25
 #: Seconds a poll is held when the route has no history yet and the task is young
 #: (under :data:`YOUNG_TASK` seconds old): most deferred work is short.
 UNKNOWN_BRIEF_HOLD = 0.25
@@ -154,6 +154,7 @@ class StatusEndpoint:
         record = self._visible(environ, store.get(task_id))
         wait = parse_prefer(environ.get("HTTP_PREFER")).wait
         applied: list[tuple[str, str]] = []
+        refused = False
         if record is not None and not record.state.is_final:
             # Long poll (RFC 7240 "wait") or a brief hold of a task about to end; either
             # only within the hold budget, else answered at once (docs/protocol.md, "Holds").
@@ -164,6 +165,7 @@ class StatusEndpoint:
                         record = self._visible(environ, store.wait(task_id, seconds))
                         if wait:
                             applied = [("Preference-Applied", f"wait={math.ceil(seconds)}")]
+                    refused = not held
         if record is None:
             return self.not_found(start_response, html, head)
         if record.state is TaskState.DONE:
@@ -179,7 +181,7 @@ class StatusEndpoint:
         if record.state.is_final:  # failed or lost
             body, ctype = render_status(record, url, html)
             return respond(start_response, "500 Internal Server Error", body, ctype, head=head)
-        return self.accepted(start_response, record, url, html, head, applied)
+        return self.accepted(start_response, record, url, html, head, applied, refused)
 
     def remaining(self, record: TaskRecord) -> float | None:
         """Seconds *record* probably has left (see :mod:`wsgi_deferred.estimate`)."""
@@ -206,13 +208,18 @@ class StatusEndpoint:
         html: bool,
         head: bool = False,
         extra_headers: Iterable[tuple[str, str]] = (),
+        refused: bool = False,
     ) -> list[bytes]:
-        """The ``202 Accepted`` for a queued or running task (also the first answer)."""
+        """The ``202 Accepted`` for a queued or running task (also the first answer);
+        *refused*: a hold this poll wanted was refused (the budget is spent)."""
         remaining = self.remaining(record)
         seconds = retry_after(record, remaining)
+        if refused and remaining is None:
+            # No estimate to aim at: spread a crowd of refused pollers out (holds.backoff).
+            seconds = max(seconds, self.holds.backoff())
         # A person watching a page wants to see progress: reload at the age-based pace
         # (1 s while young) unless the estimate says the end comes sooner.
-        refresh = min(seconds, retry_after(record)) if html else seconds
+        refresh = min(seconds, retry_after(record)) if html and not refused else seconds
         body, ctype = render_status(record, url, html, refresh=refresh, estimate=remaining)
         headers = [("Location", url), ("Retry-After", str(seconds)), ("Vary", "Accept, Prefer")]
         if html:

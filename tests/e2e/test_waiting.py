@@ -54,6 +54,7 @@ class Poller:
     location: str
     answers: list[Response] = field(default_factory=list)
     error: BaseException | None = None
+    done_at: float = float("inf")  # time.monotonic() of the final answer
 
     def run(self) -> None:
         try:
@@ -67,6 +68,7 @@ class Poller:
                 )
                 self.answers.append(answer)
                 if answer.status != 202:
+                    self.done_at = time.monotonic()
                     return
                 if "wait" not in answer.headers.get("preference-applied", ""):
                     time.sleep(int(answer.headers["retry-after"]))
@@ -86,7 +88,8 @@ def crowd(
     server: Gunicorn, clients: int, ms: int, jobs: int = 8
 ) -> tuple[list[Poller], list[float]]:
     """*clients* long-polling clients of *jobs* jobs of *ms* each, while this thread asks
-    for ``GET /hello`` again and again; returns (pollers, /hello latencies) once all ended."""
+    for ``GET /hello`` again and again; returns (pollers, the times /hello was answered) once
+    all ended."""
     locations = [submit(server, ms).headers["location"] for _ in range(jobs)]
     pollers = [Poller(server.port, locations[n % jobs]) for n in range(clients)]
     threads = [threading.Thread(target=p.run, daemon=True) for p in pollers]
@@ -95,10 +98,9 @@ def crowd(
     hello: list[float] = []
     deadline = time.monotonic() + ms / 1000 + 1
     while time.monotonic() < deadline:  # while the polls are out
-        started = time.monotonic()
         page = server.request("GET", "/hello", timeout=REQUEST_TIMEOUT)
         assert page.status == 200 and page.body == b"hello"
-        hello.append(time.monotonic() - started)
+        hello.append(time.monotonic())
     for thread in threads:
         thread.join(REQUEST_TIMEOUT + LONG_POLL)
         assert not thread.is_alive()
@@ -108,16 +110,23 @@ def crowd(
     return pollers, hello
 
 
+def served_while_held(pollers: list[Poller], hello: list[float]) -> int:
+    """How many ``GET /hello`` were answered before the first job ended (while the long
+    polls were out): 0 when held polls take every thread."""
+    first_end = min(p.done_at for p in pollers)
+    return sum(1 for t in hello if t < first_end)
+
+
 def test_gthread_long_polls_leave_the_threads_to_the_pages() -> None:
     """The README's deployment, default options: 32 long polls on --threads 8."""
     with serve(threads=8) as server:
         pollers, hello = crowd(server, clients=32, ms=2000)
+        # /hello was served while the polls were out (it waited behind 8 held polls before).
+        assert served_while_held(pollers, hello) >= 3
         # Two holds per worker at most (the default budget): the others answered at once.
         first_round_held = sum(1 for p in pollers if p.refused == 0)
         assert first_round_held <= 2 + 1  # + a poll that arrived after a release
         assert sum(p.refused for p in pollers) >= 29
-        # /hello was served all along (it waited 25 s behind 8 held polls before).
-        assert len(hello) >= 3
 
 
 def test_sync_workers_never_hold_a_poll() -> None:
@@ -129,7 +138,7 @@ def test_sync_workers_never_hold_a_poll() -> None:
             for p in pollers
             for a in p.answers
         )
-        assert len(hello) >= 3
+        assert served_while_held(pollers, hello) >= 3
 
 
 def test_gevent_holds_every_long_poll() -> None:
@@ -137,7 +146,7 @@ def test_gevent_holds_every_long_poll() -> None:
         pollers, hello = crowd(server, clients=64, ms=2000)
         assert all(p.refused == 0 for p in pollers)  # all held, under the large budget
         assert all(len(p.answers) == 1 for p in pollers)  # one held poll each: the result
-        assert len(hello) >= 3
+        assert served_while_held(pollers, hello) >= 3
 
 
 # -- azure-core's LROPoller ---------------------------------------------------------------------
@@ -181,10 +190,12 @@ def azure_lro(port: int, ms: int) -> tuple[object, list[tuple[int, str | None]],
 def test_azure_core_lro_poller_gets_short_jobs_without_a_wasted_second() -> None:
     with serve(threads=8) as server:
         azure_lro(server.port, 50)  # the route's first task: now there is a history
-        result, polls, sleeps = azure_lro(server.port, 50)
-        assert result["ms"] == 50  # type: ignore[index]
-        assert [status for status, _ in polls] == [200]  # the first, at-once poll was held
-        assert sleeps == []
+        runs = [azure_lro(server.port, 50) for _ in range(3)]
+        assert all(result["ms"] == 50 for result, _, _ in runs)  # type: ignore[index]
+        # The first, at-once poll was held until the end: no Retry-After slept. (2 of 3: on a
+        # starved machine a 50 ms job may outlast its brief hold once.)
+        quick = [polls for _, polls, sleeps in runs if not sleeps]
+        assert len(quick) >= 2 and all([s for s, _ in polls] == [200] for polls in quick)
         azure_lro(server.port, 1500)
         result, polls, sleeps = azure_lro(server.port, 1500)
         assert result["ms"] == 1500  # type: ignore[index]
