@@ -535,7 +535,6 @@ class StoreContract:
         assert not bystander.is_alive()
 
 
-
 # -- listing (Store.list_tasks: the operator's view) ----------------------------------------------
 
 
