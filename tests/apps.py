@@ -581,6 +581,10 @@ class Harness:
         for mw in self.created:
             mw.close()
         for mw in self.created:
+            # A close() that already timed out (a test's short drain) leaves a thread that
+            # ends once its task is released: give it that moment, then insist.
+            for thread in mw.pool.threads():
+                thread.join(PATIENCE)
             alive = [t for t in mw.pool.threads() if t.is_alive()]
             assert not alive, f"threads left running after close(): {alive}"
 
