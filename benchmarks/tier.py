@@ -61,8 +61,8 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tier_worker(log_dir: Path, name: str) -> Iterator[int]:
-    env = {**python_env(), **_env()}
+def tier_worker(log_dir: Path, name: str, prefix: str) -> Iterator[int]:
+    env = {**python_env(), **_env(), "TIER_PREFIX": prefix}
     command = [
         sys.executable, "-m", "wsgi_deferred.cli", "worker", "benchmarks.tier_app:tier",
         "--concurrency", "2", "--log-level", "info",
@@ -88,6 +88,15 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str) -> tuple[
     return response.status, response.read(), response.getheader("Location") or ""
 
 
+def _once(port: int, method: str, path: str) -> tuple[int, bytes, str]:
+    """One request on its own connection (gunicorn closes idle keep-alives after 2 s)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        return _request(conn, method, path)
+    finally:
+        conn.close()
+
+
 def hello_latencies(port: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -107,50 +116,43 @@ def hello_latencies(port: int) -> list[float]:
 
 def with_cpu_tasks(server: Gunicorn, count: int) -> list[float]:
     """/hello latencies while *count* CPU-bound tasks run (cancelled afterwards)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     locations = []
     try:
         for _ in range(count):
-            status, _, location = _request(conn, "POST", "/cpu?seconds=30")
+            status, _, location = _once(server.port, "POST", "/cpu?seconds=30")
             if status != 202:
                 raise RuntimeError(f"POST /cpu answered {status}")
             locations.append(location)
+        # Until they all run (the tier's -c 2 runs 2 at most; the others wait at the broker).
+        want = min(count, 2) if server.target.endswith(":tier") else count
         deadline = time.monotonic() + 20
-        while locations and time.monotonic() < deadline:  # until they all run (or 2 of 4)
-            states = [_request(conn, "GET", loc)[1] for loc in locations]
-            running = sum(b'"running"' in s for s in states)
-            if running >= min(count, 2 if server.target.endswith(":tier") else count):
+        while locations and time.monotonic() < deadline:
+            states = [_once(server.port, "GET", loc)[1] for loc in locations]
+            if sum(b'"running"' in s for s in states) >= want:
                 break
             time.sleep(0.05)
         time.sleep(0.3)
         return hello_latencies(server.port)
     finally:
         for location in locations:
-            _request(conn, "DELETE", location)
-        conn.close()
+            _once(server.port, "DELETE", location)
         time.sleep(1.5)  # cancelled() is read from the store at most once a second
 
 
 def recovery_seconds(server: Gunicorn, kill_pool: list[int] | None) -> float:
     """Seconds from the SIGKILL of the task's runner to its run in another process."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        status, _, location = _request(conn, "POST", "/retry/sleep?seconds=60")
-        if status != 202:
-            raise RuntimeError(f"POST /retry/sleep answered {status}")
-        first = _running_pid(server, location, None)
-        if kill_pool is not None and first not in kill_pool:
-            raise RuntimeError(f"pid {first} is not a pool child")
-        os.kill(first, signal.SIGKILL)
-        killed = time.monotonic()
-        _running_pid(server, location, first)
-        elapsed = time.monotonic() - killed
-        fresh = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        _request(fresh, "DELETE", location)
-        fresh.close()
-        return elapsed
-    finally:
-        conn.close()
+    status, _, location = _once(server.port, "POST", "/retry/sleep?seconds=60")
+    if status != 202:
+        raise RuntimeError(f"POST /retry/sleep answered {status}")
+    first = _running_pid(server, location, None)
+    if kill_pool is not None and first not in kill_pool:
+        raise RuntimeError(f"pid {first} is not a pool child")
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    _running_pid(server, location, first)
+    elapsed = time.monotonic() - killed
+    _once(server.port, "DELETE", location)
+    return elapsed
 
 
 def _running_pid(server: Gunicorn, location: str, other_than: int | None) -> int:
@@ -200,7 +202,7 @@ def cpu_rounds(log_dir: Path, rounds: int) -> dict[tuple[str, int], list[list[fl
     found: dict[tuple[str, int], list[list[float]]] = {}
     env = {**_env(), "TIER_PREFIX": "tier-cpu:"}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tier_worker(log_dir, "tier-cpu-worker"))
+        stack.enter_context(tier_worker(log_dir, "tier-cpu-worker", env["TIER_PREFIX"]))
         servers = {}
         for name in ("threads", "tier"):
             server = start_gunicorn(f"benchmarks.tier_app:{name}", 1, 8, env, log_dir)
@@ -220,7 +222,7 @@ def round_trip(log_dir: Path, rounds: int, quick: bool) -> dict[str, list]:  # t
     found: dict[str, list] = {"tier": [], "celery": []}  # type: ignore[type-arg]
     base_env = {"BENCH_CELERY_DB": str(BASELINE_DB)}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tier_worker(log_dir, "tier-rt-worker"))
+        stack.enter_context(tier_worker(log_dir, "tier-rt-worker", "tier-rt:"))
         stack.enter_context(
             process_group(
                 celery_command("prefork"), {**python_env(), **base_env}, log_dir / "base.log"
@@ -246,7 +248,7 @@ def recovery_rounds(log_dir: Path, rounds: int) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {"threads (gunicorn -w 2)": [], "Celery tier (-c 2)": []}
     env = {**_env(), "TIER_PREFIX": "tier-rec:"}
     with contextlib.ExitStack() as stack:
-        worker = stack.enter_context(tier_worker(log_dir, "tier-rec-worker"))
+        worker = stack.enter_context(tier_worker(log_dir, "tier-rec-worker", env["TIER_PREFIX"]))
         threads = start_gunicorn("benchmarks.tier_app:threads", 2, 4, env, log_dir)
         stack.callback(threads.stop)
         tier = start_gunicorn("benchmarks.tier_app:tier", 1, 4, env, log_dir)
