@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DeferredError, PoolFull, StoreUnavailable
 from ..pool import WorkerPool
 from ..task import TaskState
+from .delivery import Redelivery
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
@@ -65,8 +66,6 @@ class Executor(WorkerPool):
 
     def resubmit(self, task_id: str) -> bool:
         """Run the re-queued task *task_id* again; False when there is no room now."""
-        from ..runner import Redelivery
-
         try:
             self.reserve(None)
         except PoolFull:

@@ -28,6 +28,7 @@ from celery import Celery
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskState, is_task_id
 from .base import Executor
+from .delivery import run_delivered
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
@@ -143,7 +144,7 @@ class CeleryExecutor(Executor):
             if not isinstance(task_id, str) or not is_task_id(task_id):
                 logger.error("ignoring a delivery with a malformed task id %r", task_id)
                 return
-            runner.run_delivered(task_id)
+            run_delivered(runner, task_id)
 
         self._in_worker = True
         argv = [
