@@ -103,19 +103,20 @@ def record_of(env: dict[str, str], location: str):  # type: ignore[no-untyped-de
 
 def check_jobs(server: Gunicorn, workers: list[TierWorker], count: int) -> None:
     """*count* jobs with distinct bodies: each answer is the body reversed, with its hash,
-    made by a worker's pool child, never by a web process."""
+    made by a process below a worker (a pool child, an RQ work horse), never by a web
+    process."""
     bodies = [os.urandom(1000 + 777 * i) for i in range(count)]
     locations = [submit(server, "/job", body) for body in bodies]
     web = set(server.worker_pids()) | {server.process.pid}  # type: ignore[union-attr]
-    children = {pid for w in workers for pid in w.children()}
+    tier = {pid for w in workers for pid in [w.pid, *w.children()]}
     for body, location in zip(bodies, locations, strict=True):
         result = fetch_result(server.port, location, timeout=60)
         assert result.status == 200, result.body
         assert result.body == body[::-1]
         assert result.headers["x-digest"] == hashlib.sha256(body).hexdigest()
-        pid = int(result.headers["x-pid"])
+        pid, parent = int(result.headers["x-pid"]), int(result.headers["x-parent-pid"])
         assert pid not in web, "a task ran in a web process"
-        assert pid in children, f"pid {pid} is not a pool child of a worker"
+        assert parent in tier, f"pid {pid} (parent {parent}) is not below a worker"
 
 
 # -- delivery: results, hash-checked, run by the workers -------------------------------------

@@ -3,12 +3,14 @@
 Configured by environment variables, so both tiers build the same middleware:
 
 ``TIER_STORE``   the shared store URL.
-``TIER_BROKER``  a Celery broker URL (amqp://... or redis://...); empty: the thread executor.
+``TIER_BROKER``  a Celery broker URL (amqp://... or redis://...), or ``rq+redis://...`` for
+                 RQ; empty: the thread executor.
 ``TIER_QUEUE``   the Celery queue of this test.
 ``TIER_LEASE``   lease_timeout in seconds.
 ``TIER_RUNS``    a directory: every run of /sleep appends its pid to ``<task id>.runs`` there.
 
-``POST /job``           echoes its body reversed, with its SHA-256 and the running pid.
+``POST /job``           echoes its body reversed, with its SHA-256, the running pid and its
+                        parent's (an RQ work horse lives for one job only).
 ``POST /sleep``         ``?seconds=N``: works N s, reporting ``pid=<pid>`` as progress.
 ``POST /retry/sleep``   the same, on a ``retry`` rule (max_attempts=2).
 ``GET /hello``          pass-through.
@@ -34,7 +36,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     pid = str(os.getpid())
     if path == "/job":
         body = environ["wsgi.input"].read()
-        headers = [("X-Digest", hashlib.sha256(body).hexdigest()), ("X-Pid", pid)]
+        headers = [("X-Digest", hashlib.sha256(body).hexdigest()), ("X-Pid", pid),
+                   ("X-Parent-Pid", str(os.getppid()))]  # fmt: skip
         start_response("200 OK", [("Content-Type", "application/octet-stream"), *headers])
         return [body[::-1]]
     if path in ("/sleep", "/retry/sleep"):
@@ -56,8 +59,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 
 
 def _executor() -> Any:
-    if not BROKER:
-        return None
+    if not BROKER or BROKER.startswith("rq+"):
+        return BROKER or None  # the thread executor, or RQ by URL
     from celery import Celery
 
     from wsgi_deferred.executors.celery import configure
