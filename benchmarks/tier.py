@@ -10,13 +10,14 @@
   pattern of ``benchmarks/celery_app.py`` (``.delay()`` / ``AsyncResult.ready()``), both with
   a prefork ``-c 2`` worker and Redis as broker: jobs/s and p50.
 * **Recovery after kill -9.** A task on a ``retry`` rule runs; its runner is SIGKILLed (a
-  gunicorn worker of ``-w 2`` with the thread executor; a Celery pool child with the tier);
+  gunicorn worker of ``-w 2`` with the thread executor; a Celery pool child with the tier; an
+  RQ work horse);
   the time until the status URL reports it running in another process. The lease
   (``TIER_LEASE``, 3 s here) bounds it from below: a dead runner is only noticed once its
   lease lapsed.
 
 Redis (127.0.0.1:6379) databases 12 (the baseline's broker and results), 13 (the tier's
-broker) and 14 (both stores) must be empty; they are flushed afterwards.
+broker), 14 (the stores) and 15 (RQ's queue) must be empty; they are flushed afterwards.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .common import (
 )
 from .load import run_load
 
-BASELINE_DB, BROKER_DB, STORE_DB = 12, 13, 14
+BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB = 12, 13, 14, 15
 LEASE = 3.0  # seconds
 TASK_COUNTS = (0, 1, 2, 4)
 HELLO_REQUESTS, HELLO_WARMUP = 200, 50
@@ -57,20 +58,26 @@ def _url(db: int) -> str:
 
 
 def _env() -> dict[str, str]:
-    return {"TIER_STORE": _url(STORE_DB), "TIER_BROKER": _url(BROKER_DB), "TIER_LEASE": str(LEASE)}
+    return {
+        "TIER_STORE": _url(STORE_DB),
+        "TIER_BROKER": _url(BROKER_DB),
+        "TIER_RQ": _url(RQ_DB),
+        "TIER_LEASE": str(LEASE),
+    }
 
 
 @contextlib.contextmanager
-def tier_worker(log_dir: Path, name: str, prefix: str) -> Iterator[int]:
+def tier_worker(log_dir: Path, name: str, prefix: str, engine: str = "tier") -> Iterator[int]:
     env = {**python_env(), **_env(), "TIER_PREFIX": prefix}
+    ready, count = ("ready.", 1) if engine == "tier" else ("Listening on", 2)
     command = [
-        sys.executable, "-m", "wsgi_deferred.cli", "worker", "benchmarks.tier_app:tier",
+        sys.executable, "-m", "wsgi_deferred.cli", "worker", f"benchmarks.tier_app:{engine}",
         "--concurrency", "2", "--log-level", "info",
     ]  # fmt: skip
     log = log_dir / f"{name}.log"
     with process_group(command, env, log) as pid:
         deadline = time.monotonic() + 60
-        while "ready." not in log.read_text(errors="replace"):
+        while log.read_text(errors="replace").count(ready) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the tier worker did not start; see {log}")
             time.sleep(0.2)
@@ -183,7 +190,7 @@ def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
     if not redis_available():
         section.add("Redis is not running on 127.0.0.1:6379: section skipped.", "")
         return section
-    for db in (BASELINE_DB, BROKER_DB, STORE_DB):
+    for db in (BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB):
         if redis_client(db).dbsize():
             raise RuntimeError(f"Redis db {db} is not empty; the benchmark needs it to itself")
     rounds = 1 if quick else 3
@@ -192,7 +199,7 @@ def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
         trip = round_trip(log_dir, rounds, quick)
         recovery = recovery_rounds(log_dir, rounds)
     finally:
-        for db in (BASELINE_DB, BROKER_DB, STORE_DB):
+        for db in (BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB):
             redis_client(db).flushdb()  # checked empty above: all ours
     report(section, cpu, trip, recovery, rounds)
     return section
@@ -245,7 +252,11 @@ def round_trip(log_dir: Path, rounds: int, quick: bool) -> dict[str, list]:  # t
 
 
 def recovery_rounds(log_dir: Path, rounds: int) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {"threads (gunicorn -w 2)": [], "Celery tier (-c 2)": []}
+    found: dict[str, list[float]] = {
+        "threads (gunicorn -w 2)": [],
+        "Celery tier (-c 2, pool child killed)": [],
+        "RQ (2 workers, work horse killed)": [],
+    }
     env = {**_env(), "TIER_PREFIX": "tier-rec:"}
     with contextlib.ExitStack() as stack:
         worker = stack.enter_context(tier_worker(log_dir, "tier-rec-worker", env["TIER_PREFIX"]))
@@ -253,11 +264,16 @@ def recovery_rounds(log_dir: Path, rounds: int) -> dict[str, list[float]]:
         stack.callback(threads.stop)
         tier = start_gunicorn("benchmarks.tier_app:tier", 1, 4, env, log_dir)
         stack.callback(tier.stop)
+        stack.enter_context(tier_worker(log_dir, "rq-rec-worker", env["TIER_PREFIX"], "rq"))
+        rq = start_gunicorn("benchmarks.tier_app:rq", 1, 4, env, log_dir)
+        stack.callback(rq.stop)
         for _ in range(rounds):
             found["threads (gunicorn -w 2)"].append(recovery_seconds(threads, None))
             time.sleep(1.0)  # gunicorn boots the replacement worker
-            found["Celery tier (-c 2)"].append(recovery_seconds(tier, _children(worker)))
+            pool = _children(worker)
+            found["Celery tier (-c 2, pool child killed)"].append(recovery_seconds(tier, pool))
             time.sleep(1.0)  # the worker forks a new pool child
+            found["RQ (2 workers, work horse killed)"].append(recovery_seconds(rq, None))
     return found
 
 
