@@ -42,14 +42,15 @@ def rabbitmq_url() -> str:
     return url
 
 
-def purge_queue(broker: str, queue: str) -> None:
-    """Drop messages a previous run left in *queue* (absent queues are fine)."""
+def delete_queue(broker: str, queue: str) -> None:
+    """Delete a test's own queue (absent queues are fine): RabbitMQ is shared, so every test
+    uses a queue of its own, which no other run can consume from."""
     import kombu
 
     with kombu.Connection(broker, connect_timeout=5) as conn:
         try:
-            conn.default_channel.queue_purge(queue)
-        except Exception:  # a queue that does not exist yet has nothing to purge
+            conn.default_channel.queue_delete(queue)
+        except Exception:  # never declared: nothing to delete
             pass
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_worker import TierWorker, purge_queue, rabbitmq_url
+from celery_worker import TierWorker, delete_queue, rabbitmq_url
 from redis_server import RedisServerProcess
 from servers import Gunicorn, fetch_result
 
@@ -33,19 +33,20 @@ LEASE = 2.0  # seconds; small so that lapses and retries happen within the test
 @pytest.fixture
 def amqp_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     broker = rabbitmq_url()
-    queue = "wsgi_deferred_tests"
-    purge_queue(broker, queue)
+    queue = f"wsgi_deferred_tests_{uuid.uuid4().hex}"  # RabbitMQ is shared: a queue of our own
     runs = tmp_path / "runs"
     runs.mkdir()
-    yield {
-        "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
-        "TIER_BROKER": broker,
-        "TIER_QUEUE": queue,
-        "TIER_LEASE": str(LEASE),
-        "TIER_RUNS": str(runs),
-        "PYTHONPATH": E2E,
-    }
-    purge_queue(broker, queue)
+    try:
+        yield {
+            "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+            "TIER_BROKER": broker,
+            "TIER_QUEUE": queue,
+            "TIER_LEASE": str(LEASE),
+            "TIER_RUNS": str(runs),
+            "PYTHONPATH": E2E,
+        }
+    finally:
+        delete_queue(broker, queue)
 
 
 @pytest.fixture
@@ -271,8 +272,10 @@ def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
 ) -> None:
     env = {**threads_env, "TIER_DRAIN": "0.3"}
     with Gunicorn(APP, workers=2, threads=4, env=env) as web:
-        retried = submit(web, "/retry/sleep?seconds=3")
-        plain = submit(web, "/sleep?seconds=30")
+        # Far longer than the test on its first run (so only the drain can end it), short on
+        # its second.
+        retried = submit(web, "/retry/sleep?seconds=60&again=1")
+        plain = submit(web, "/sleep?seconds=60")
         pids = {running_pid(web, retried), running_pid(web, plain)}
         for pid in pids:
             os.kill(pid, signal.SIGTERM)  # the app sees cancelled() and returns at once
@@ -280,6 +283,7 @@ def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
         lost = fetch_result(web.port, plain, timeout=40)
     first = runs_of(env, retried)[0]
     assert again.status == 200, again.body
-    assert again.body != f"slept 3.0 in {first}".encode(), "the cut-short answer was served"
+    assert again.body != f"slept 60.0 in {first}".encode(), "the cut-short answer was served"
+    assert again.body == f"slept 1.0 in {runs_of(env, retried)[1]}".encode()
     assert len(runs_of(env, retried)) == 2
     assert lost.status == 500 and lost.json()["state"] == "lost", lost.body  # type: ignore[index]

@@ -11,7 +11,8 @@ Configured by environment variables, so both tiers build the same middleware:
 
 ``POST /job``           echoes its body reversed, with its SHA-256, the running pid and its
                         parent's (an RQ work horse lives for one job only).
-``POST /sleep``         ``?seconds=N``: works N s, reporting ``pid=<pid>`` as progress.
+``POST /sleep``         ``?seconds=N``: works N s, reporting ``pid=<pid>`` as progress
+                        (``&again=M``: M s on every run after the first).
 ``POST /retry/sleep``   the same, on a ``retry`` rule (max_attempts=2).
 ``GET /hello``          pass-through.
 """
@@ -41,10 +42,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         start_response("200 OK", [("Content-Type", "application/octet-stream"), *headers])
         return [body[::-1]]
     if path in ("/sleep", "/retry/sleep"):
-        seconds = float(parse_qs(environ.get("QUERY_STRING", "")).get("seconds", ["1"])[0])
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        seconds = float(query.get("seconds", ["1"])[0])
         runs = os.environ.get("TIER_RUNS")
         if runs:
-            with open(os.path.join(runs, environ["wsgi_deferred.id"] + ".runs"), "a") as log:
+            path = os.path.join(runs, environ["wsgi_deferred.id"] + ".runs")
+            if "again" in query and os.path.exists(path):  # a second run may be shorter
+                seconds = float(query["again"][0])
+            with open(path, "a") as log:
                 log.write(pid + "\n")
         progress = environ["wsgi_deferred.progress"]
         cancelled = environ["wsgi_deferred.cancelled"]
