@@ -287,3 +287,17 @@ def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
     assert again.body == f"slept 1.0 in {runs_of(env, retried)[1]}".encode()
     assert len(runs_of(env, retried)) == 2
     assert lost.status == 500 and lost.json()["state"] == "lost", lost.body  # type: ignore[index]
+
+
+def test_kill_9_of_a_whole_worker_on_a_redis_broker_reruns_a_retry_task(
+    redis_broker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = redis_broker_env  # the message comes back after visibility_timeout, or the sweeper
+    location, first, result, survivors = kill_worker_mid_task(
+        env, tmp_path, "/retry/sleep?seconds=3"
+    )
+    assert result.status == 200, result.body
+    runs = runs_of(env, location)
+    assert len(runs) == 2 and runs[0] == first, runs
+    assert runs[1] in survivors
+    assert record_of(env, location).attempts == 2
