@@ -10,13 +10,14 @@
   pattern of ``benchmarks/celery_app.py`` (``.delay()`` / ``AsyncResult.ready()``), both with
   a prefork ``-c 2`` worker and Redis as broker: jobs/s and p50.
 * **Recovery after kill -9.** A task on a ``retry`` rule runs; its runner is SIGKILLed (a
-  gunicorn worker of ``-w 2`` with the thread executor; a Celery pool child with the tier);
+  gunicorn worker of ``-w 2`` with the thread executor; a Celery pool child with the tier; an
+  RQ work horse);
   the time until the status URL reports it running in another process. The lease
   (``TIER_LEASE``, 3 s here) bounds it from below: a dead runner is only noticed once its
   lease lapsed.
 
 Redis (127.0.0.1:6379) databases 12 (the baseline's broker and results), 13 (the tier's
-broker) and 14 (both stores) must be empty; they are flushed afterwards.
+broker), 14 (the stores) and 15 (RQ's queue) must be empty; they are flushed afterwards.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .common import (
 )
 from .load import run_load
 
-BASELINE_DB, BROKER_DB, STORE_DB = 12, 13, 14
+BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB = 12, 13, 14, 15
 LEASE = 3.0  # seconds
 TASK_COUNTS = (0, 1, 2, 4)
 HELLO_REQUESTS, HELLO_WARMUP = 200, 50
@@ -57,20 +58,26 @@ def _url(db: int) -> str:
 
 
 def _env() -> dict[str, str]:
-    return {"TIER_STORE": _url(STORE_DB), "TIER_BROKER": _url(BROKER_DB), "TIER_LEASE": str(LEASE)}
+    return {
+        "TIER_STORE": _url(STORE_DB),
+        "TIER_BROKER": _url(BROKER_DB),
+        "TIER_RQ": _url(RQ_DB),
+        "TIER_LEASE": str(LEASE),
+    }
 
 
 @contextlib.contextmanager
-def tier_worker(log_dir: Path, name: str) -> Iterator[int]:
-    env = {**python_env(), **_env()}
+def tier_worker(log_dir: Path, name: str, prefix: str, engine: str = "tier") -> Iterator[int]:
+    env = {**python_env(), **_env(), "TIER_PREFIX": prefix}
+    ready, count = ("ready.", 1) if engine == "tier" else ("Listening on", 2)
     command = [
-        sys.executable, "-m", "wsgi_deferred.cli", "worker", "benchmarks.tier_app:tier",
+        sys.executable, "-m", "wsgi_deferred.cli", "worker", f"benchmarks.tier_app:{engine}",
         "--concurrency", "2", "--log-level", "info",
     ]  # fmt: skip
     log = log_dir / f"{name}.log"
     with process_group(command, env, log) as pid:
         deadline = time.monotonic() + 60
-        while "ready." not in log.read_text(errors="replace"):
+        while log.read_text(errors="replace").count(ready) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the tier worker did not start; see {log}")
             time.sleep(0.2)
@@ -86,6 +93,15 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str) -> tuple[
     conn.request(method, path)
     response = conn.getresponse()
     return response.status, response.read(), response.getheader("Location") or ""
+
+
+def _once(port: int, method: str, path: str) -> tuple[int, bytes, str]:
+    """One request on its own connection (gunicorn closes idle keep-alives after 2 s)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        return _request(conn, method, path)
+    finally:
+        conn.close()
 
 
 def hello_latencies(port: int) -> list[float]:
@@ -107,50 +123,43 @@ def hello_latencies(port: int) -> list[float]:
 
 def with_cpu_tasks(server: Gunicorn, count: int) -> list[float]:
     """/hello latencies while *count* CPU-bound tasks run (cancelled afterwards)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     locations = []
     try:
         for _ in range(count):
-            status, _, location = _request(conn, "POST", "/cpu?seconds=30")
+            status, _, location = _once(server.port, "POST", "/cpu?seconds=30")
             if status != 202:
                 raise RuntimeError(f"POST /cpu answered {status}")
             locations.append(location)
+        # Until they all run (the tier's -c 2 runs 2 at most; the others wait at the broker).
+        want = min(count, 2) if server.target.endswith(":tier") else count
         deadline = time.monotonic() + 20
-        while locations and time.monotonic() < deadline:  # until they all run (or 2 of 4)
-            states = [_request(conn, "GET", loc)[1] for loc in locations]
-            running = sum(b'"running"' in s for s in states)
-            if running >= min(count, 2 if server.target.endswith(":tier") else count):
+        while locations and time.monotonic() < deadline:
+            states = [_once(server.port, "GET", loc)[1] for loc in locations]
+            if sum(b'"running"' in s for s in states) >= want:
                 break
             time.sleep(0.05)
         time.sleep(0.3)
         return hello_latencies(server.port)
     finally:
         for location in locations:
-            _request(conn, "DELETE", location)
-        conn.close()
+            _once(server.port, "DELETE", location)
         time.sleep(1.5)  # cancelled() is read from the store at most once a second
 
 
 def recovery_seconds(server: Gunicorn, kill_pool: list[int] | None) -> float:
     """Seconds from the SIGKILL of the task's runner to its run in another process."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        status, _, location = _request(conn, "POST", "/retry/sleep?seconds=60")
-        if status != 202:
-            raise RuntimeError(f"POST /retry/sleep answered {status}")
-        first = _running_pid(server, location, None)
-        if kill_pool is not None and first not in kill_pool:
-            raise RuntimeError(f"pid {first} is not a pool child")
-        os.kill(first, signal.SIGKILL)
-        killed = time.monotonic()
-        _running_pid(server, location, first)
-        elapsed = time.monotonic() - killed
-        fresh = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        _request(fresh, "DELETE", location)
-        fresh.close()
-        return elapsed
-    finally:
-        conn.close()
+    status, _, location = _once(server.port, "POST", "/retry/sleep?seconds=60")
+    if status != 202:
+        raise RuntimeError(f"POST /retry/sleep answered {status}")
+    first = _running_pid(server, location, None)
+    if kill_pool is not None and first not in kill_pool:
+        raise RuntimeError(f"pid {first} is not a pool child")
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    _running_pid(server, location, first)
+    elapsed = time.monotonic() - killed
+    _once(server.port, "DELETE", location)
+    return elapsed
 
 
 def _running_pid(server: Gunicorn, location: str, other_than: int | None) -> int:
@@ -177,11 +186,11 @@ def _running_pid(server: Gunicorn, location: str, other_than: int | None) -> int
 
 
 def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
-    section = Section("tier", "5. The execution tier: CPU-heavy tasks, round trip, recovery")
+    section = Section("tier", "6. The execution tier: CPU-heavy tasks, round trip, recovery")
     if not redis_available():
         section.add("Redis is not running on 127.0.0.1:6379: section skipped.", "")
         return section
-    for db in (BASELINE_DB, BROKER_DB, STORE_DB):
+    for db in (BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB):
         if redis_client(db).dbsize():
             raise RuntimeError(f"Redis db {db} is not empty; the benchmark needs it to itself")
     rounds = 1 if quick else 3
@@ -190,7 +199,7 @@ def run(quick: bool, log_dir: Path, tmp: Path) -> Section:
         trip = round_trip(log_dir, rounds, quick)
         recovery = recovery_rounds(log_dir, rounds)
     finally:
-        for db in (BASELINE_DB, BROKER_DB, STORE_DB):
+        for db in (BASELINE_DB, BROKER_DB, STORE_DB, RQ_DB):
             redis_client(db).flushdb()  # checked empty above: all ours
     report(section, cpu, trip, recovery, rounds)
     return section
@@ -200,7 +209,7 @@ def cpu_rounds(log_dir: Path, rounds: int) -> dict[tuple[str, int], list[list[fl
     found: dict[tuple[str, int], list[list[float]]] = {}
     env = {**_env(), "TIER_PREFIX": "tier-cpu:"}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tier_worker(log_dir, "tier-cpu-worker"))
+        stack.enter_context(tier_worker(log_dir, "tier-cpu-worker", env["TIER_PREFIX"]))
         servers = {}
         for name in ("threads", "tier"):
             server = start_gunicorn(f"benchmarks.tier_app:{name}", 1, 8, env, log_dir)
@@ -220,7 +229,7 @@ def round_trip(log_dir: Path, rounds: int, quick: bool) -> dict[str, list]:  # t
     found: dict[str, list] = {"tier": [], "celery": []}  # type: ignore[type-arg]
     base_env = {"BENCH_CELERY_DB": str(BASELINE_DB)}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tier_worker(log_dir, "tier-rt-worker"))
+        stack.enter_context(tier_worker(log_dir, "tier-rt-worker", "tier-rt:"))
         stack.enter_context(
             process_group(
                 celery_command("prefork"), {**python_env(), **base_env}, log_dir / "base.log"
@@ -243,19 +252,28 @@ def round_trip(log_dir: Path, rounds: int, quick: bool) -> dict[str, list]:  # t
 
 
 def recovery_rounds(log_dir: Path, rounds: int) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {"threads (gunicorn -w 2)": [], "Celery tier (-c 2)": []}
+    found: dict[str, list[float]] = {
+        "threads (gunicorn -w 2)": [],
+        "Celery tier (-c 2, pool child killed)": [],
+        "RQ (2 workers, work horse killed)": [],
+    }
     env = {**_env(), "TIER_PREFIX": "tier-rec:"}
     with contextlib.ExitStack() as stack:
-        worker = stack.enter_context(tier_worker(log_dir, "tier-rec-worker"))
+        worker = stack.enter_context(tier_worker(log_dir, "tier-rec-worker", env["TIER_PREFIX"]))
         threads = start_gunicorn("benchmarks.tier_app:threads", 2, 4, env, log_dir)
         stack.callback(threads.stop)
         tier = start_gunicorn("benchmarks.tier_app:tier", 1, 4, env, log_dir)
         stack.callback(tier.stop)
+        stack.enter_context(tier_worker(log_dir, "rq-rec-worker", env["TIER_PREFIX"], "rq"))
+        rq = start_gunicorn("benchmarks.tier_app:rq", 1, 4, env, log_dir)
+        stack.callback(rq.stop)
         for _ in range(rounds):
             found["threads (gunicorn -w 2)"].append(recovery_seconds(threads, None))
             time.sleep(1.0)  # gunicorn boots the replacement worker
-            found["Celery tier (-c 2)"].append(recovery_seconds(tier, _children(worker)))
+            pool = _children(worker)
+            found["Celery tier (-c 2, pool child killed)"].append(recovery_seconds(tier, pool))
             time.sleep(1.0)  # the worker forks a new pool child
+            found["RQ (2 workers, work horse killed)"].append(recovery_seconds(rq, None))
     return found
 
 

@@ -5,7 +5,8 @@
 ``POST /retry/sleep``  sleeps in small steps, reporting ``pid=<pid>``; on a ``retry`` rule.
 ``GET /hello``         pass-through.
 
-``threads`` runs tasks in the web process's pool, ``tier`` on Celery (``TIER_BROKER``); both
+``threads`` runs tasks in the web process's pool, ``tier`` on Celery (``TIER_BROKER``), ``rq``
+on RQ (``TIER_RQ``); all
 use the store ``TIER_STORE`` (Redis, key prefix ``TIER_PREFIX``) and ``TIER_LEASE``.
 """
 
@@ -67,4 +68,6 @@ def __getattr__(name: str) -> Any:
         return _build(None)
     if name == "tier":
         return _build("celery+" + os.environ["TIER_BROKER"])
+    if name == "rq":
+        return _build("rq+" + os.environ["TIER_RQ"])
     raise AttributeError(name)

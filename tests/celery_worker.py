@@ -1,5 +1,5 @@
-"""A real ``wsgi-deferred worker`` (a prefork Celery worker) in a subprocess, and the RabbitMQ
-broker the tests use.
+"""A real ``wsgi-deferred worker`` (a prefork Celery worker, or RQ workers) in a subprocess,
+and the RabbitMQ broker the tests use.
 
 * :class:`TierWorker` starts ``python -m wsgi_deferred.cli worker APP`` in its own session,
   waits for Celery's ``ready.`` line, and stops it (and its pool children) by its PID.
@@ -42,14 +42,15 @@ def rabbitmq_url() -> str:
     return url
 
 
-def purge_queue(broker: str, queue: str) -> None:
-    """Drop messages a previous run left in *queue* (absent queues are fine)."""
+def delete_queue(broker: str, queue: str) -> None:
+    """Delete a test's own queue (absent queues are fine): RabbitMQ is shared, so every test
+    uses a queue of its own, which no other run can consume from."""
     import kombu
 
     with kombu.Connection(broker, connect_timeout=5) as conn:
         try:
-            conn.default_channel.queue_purge(queue)
-        except Exception:  # a queue that does not exist yet has nothing to purge
+            conn.default_channel.queue_delete(queue)
+        except Exception:  # never declared: nothing to delete
             pass
 
 
@@ -63,9 +64,12 @@ class TierWorker:
         log_path: Path,
         concurrency: int = 2,
         extra_args: tuple[str, ...] = (),
+        ready: str = "ready.",
     ) -> None:
         self.target, self.env, self.log_path = target, dict(env), log_path
         self.concurrency, self.extra_args = concurrency, extra_args
+        #: The log line that says the engine consumes (Celery: "ready.", RQ: "Listening on").
+        self.ready = ready
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TierWorker:
@@ -84,7 +88,7 @@ class TierWorker:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + READY_TIMEOUT
-        while "ready." not in self.log():
+        while self.log().count(self.ready) < (self.concurrency if "Listening" in self.ready else 1):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the worker did not start:\n{self.log()[-4000:]}")
@@ -97,9 +101,15 @@ class TierWorker:
         return self.process.pid
 
     def children(self) -> list[int]:
-        """Pids of the pool children (the processes that run tasks)."""
-        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        """Pids of every descendant (pool children, and RQ's work horses below them)."""
+        found, todo = [], [self.pid]
+        while todo and len(found) < 100:
+            parent = todo.pop()
+            out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+            kids = [int(p) for p in out.stdout.split()]
+            found += kids
+            todo += kids
+        return found
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

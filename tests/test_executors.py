@@ -189,3 +189,36 @@ def test_with_a_memory_store_nothing_is_kept_for_retries(built: list[DeferredMid
     assert result_of(middleware, accepted).code == 201  # echo_app answers 201 Created
     assert middleware.get_store().load_request(accepted.task_id) is None
     assert middleware.get_store().get(accepted.task_id).max_attempts == 1  # type: ignore[union-attr]
+
+
+def test_rq_urls_and_queues_name_the_rq_executor(built: list[DeferredMiddleware]) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    from wsgi_deferred.executors.rq import DEFAULT_QUEUE, RQExecutor
+
+    by_url = make(built, executor="rq+redis://127.0.0.1:1/0").executor
+    assert isinstance(by_url, RQExecutor) and by_url.remote
+    assert by_url.queue.name == DEFAULT_QUEUE
+    queue = Queue("render", connection=Redis(port=1))
+    by_queue = make(built, executor=queue).executor
+    assert isinstance(by_queue, RQExecutor) and by_queue.queue is queue
+
+
+def test_rq_jobs_refuse_to_run_outside_the_worker() -> None:
+    from wsgi_deferred.executors.rq import perform
+
+    with pytest.raises(RuntimeError, match="wsgi-deferred worker"):
+        perform(new_task_id())
+
+
+def test_an_unreachable_rq_redis_makes_the_task_read_lost(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    from apps import request, result_of
+
+    middleware = make(
+        built, store=f"sqlite:///{tmp_path}/t.db", executor="rq+redis://127.0.0.1:1/0"
+    )
+    final = result_of(middleware, request(middleware, "POST", "/echo", data=b"x"))
+    assert final.code == 500 and final.json()["state"] == "lost"

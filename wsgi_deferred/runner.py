@@ -22,14 +22,14 @@ from typing import Any
 from .buffers import SPOOL_THRESHOLD
 from .capture import RequestSnapshot
 from .errors import StoreUnavailable
-from .executors.snapshots import restore_snapshot, snapshot_meta
+from .executors.snapshots import snapshot_meta
 from .replay import BufferedResponse, ExcInfo, WSGIApp, run_and_buffer, strip_hop_by_hop
 from .stores.base import Store
 from .task import TaskRecord, TaskState
 from .tasklog import set_current_task_id, task_extra
 from .tracing import current_traceparent
 
-__all__ = ["Job", "Redelivery", "TaskRunner"]
+__all__ = ["Job", "TaskRunner"]
 
 logger = logging.getLogger("wsgi_deferred")
 
@@ -37,8 +37,6 @@ logger = logging.getLogger("wsgi_deferred")
 CANCEL_CHECK_INTERVAL = 1.0
 #: Seconds in the past a let-go lease is set to, so the store re-queues the task at once.
 LEASE_LET_GO = 0.001
-#: Seconds a finished delivery waits at most for its heartbeat thread to stop.
-HEARTBEAT_JOIN_TIMEOUT = 5.0
 
 
 class Job:
@@ -236,7 +234,7 @@ class TaskRunner:
                     record = None
                 if record is None:  # cancelled (or marked lost) while queued
                     job.snapshot.discard()
-                    self._forget_request(job)
+                    self.forget_request(job)
                     job.done.set()
                     return
                 job.attempts = record.attempts
@@ -344,13 +342,13 @@ class TaskRunner:
         finally:
             exc_info = None
         if outcome != "lost":
-            self._forget_request(job)
+            self.forget_request(job)
         if self.on_finished is not None:
             self.on_finished(job, outcome, elapsed)
 
     def heartbeat(self, jobs: list[Any]) -> None:
-        """Renew the leases of this process's attached, unfinished jobs (a
-        :class:`Redelivery` renews its own)."""
+        """Renew the leases of this process's attached, unfinished jobs (a redelivery renews
+        its own, see :mod:`wsgi_deferred.executors.delivery`)."""
         live = [
             job for job in jobs if isinstance(job, Job) and job.attached and not job.done.is_set()
         ]
@@ -364,7 +362,7 @@ class TaskRunner:
     def abandon(self, job: Any, reason: str) -> None:
         """Shutdown gave up on *job*: make sure no client waits for it forever, and that
         nothing the app returns after this is stored as its result."""
-        if isinstance(job, Redelivery):
+        if not isinstance(job, Job):  # a Redelivery (executors/delivery.py)
             if job.job is not None:
                 self.abandon(job.job, reason)
             return  # never started here: it stays queued in the store for another process
@@ -389,7 +387,7 @@ class TaskRunner:
         """End an attached job this process will not finish: on a retry rule with runs left
         its lease is let go at once, so the store re-queues it for another process (the
         retry sweeper, docs/execution.md); otherwise it reads ``lost``."""
-        if self._may_run_again(job) and self.store.renew([job.id], time.time() - LEASE_LET_GO):
+        if self.may_run_again(job) and self.store.renew([job.id], time.time() - LEASE_LET_GO):
             logger.warning(
                 "task %s: let go for another process to run: %s",
                 job.id,
@@ -399,84 +397,15 @@ class TaskRunner:
             return
         if self.store.fail(job.id, TaskState.LOST.value, reason, time.time() + self.result_ttl):
             logger.warning("task %s: marked lost: %s", job.id, reason, extra=task_extra(job.id))
-        self._forget_request(job)
+        self.forget_request(job)
 
     @staticmethod
-    def _may_run_again(job: Job) -> bool:
+    def may_run_again(job: Job) -> bool:
         return job.kept_request and job.attempts < job.max_attempts
 
-    def _forget_request(self, job: Job) -> None:
+    def forget_request(self, job: Job) -> None:
         if job.kept_request:
             try:
                 self.store.delete_request(job.id)
             except StoreUnavailable:
                 logger.warning("task %s: captured request not deleted (store unavailable)", job.id)
-
-    # -- tasks named only by their id: remote deliveries and retries ------------------------
-
-    def run_delivered(self, task_id: str, redelivery: Redelivery | None = None) -> str:
-        """Run a task whose captured request is in the store (a remote executor's delivery,
-        or a retry of a task whose runner died): pass the gate, load the request, replay it
-        with a lease heartbeat of its own. Returns ``"skipped"`` (final, or a live lease is
-        held elsewhere), ``"lost"`` (its request is gone) or ``"ran"``."""
-        store = self.store
-        record = store.deliver(task_id, time.time() + self.lease_timeout)
-        if record is None:
-            logger.info("task %s: delivery skipped (final, or running elsewhere)", task_id)
-            return "skipped"
-        try:
-            kept = store.load_request(task_id)
-            snapshot = restore_snapshot(*kept, self.spool_threshold) if kept else None
-        except ValueError as exc:
-            logger.error("task %s: captured request unreadable: %s", task_id, exc)
-            snapshot = None
-        if snapshot is None:
-            store.fail(task_id, TaskState.LOST.value, "its captured request is gone",
-                       time.time() + self.result_ttl)  # fmt: skip
-            return "lost"
-        job = Job(self, task_id, snapshot, owner=record.owner, attached=True)
-        job.created, job.delivered, job.kept_request = record.created, True, True
-        job.attempts, job.max_attempts = record.attempts, record.max_attempts
-        if redelivery is not None:  # so a local DELETE and shutdown reach the job
-            job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
-        beat = threading.Thread(
-            target=self._beat_one, args=(job,), name=f"wsgi-deferred-lease-{task_id[:6]}",
-            daemon=True,
-        )  # fmt: skip
-        beat.start()
-        try:
-            self.run(job)
-        finally:
-            job.done.set()
-            beat.join(HEARTBEAT_JOIN_TIMEOUT)
-        return "ran"
-
-    def _beat_one(self, job: Job) -> None:
-        while not job.done.wait(self.lease_timeout / 3):
-            try:
-                self.heartbeat([job])
-            except Exception:
-                logger.exception("task %s: lease heartbeat failed; will retry", job.id)
-
-
-class Redelivery:
-    """A pool job for a task known only by its id: the retry sweeper queues one to run a
-    re-queued task here (:meth:`TaskRunner.run_delivered` does the rest)."""
-
-    attached = False  # its lease is renewed by run_delivered, not by the pool
-
-    def __init__(self, runner: TaskRunner, task_id: str) -> None:
-        self.runner = runner
-        self.id = task_id
-        self.client_key: str | None = None
-        self.cancel_flag = threading.Event()  # shared with the Job, for a local DELETE
-        self.done = threading.Event()
-        self.job: Job | None = None
-
-    def run(self) -> None:
-        try:
-            self.runner.run_delivered(self.id, self)
-        except StoreUnavailable:
-            logger.warning("task %s: store unavailable, retry not started", self.id)
-        finally:
-            self.done.set()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery_worker import TierWorker, purge_queue, rabbitmq_url
+from celery_worker import TierWorker, delete_queue, rabbitmq_url
 from redis_server import RedisServerProcess
 from servers import Gunicorn, fetch_result
 
@@ -33,19 +33,20 @@ LEASE = 2.0  # seconds; small so that lapses and retries happen within the test
 @pytest.fixture
 def amqp_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     broker = rabbitmq_url()
-    queue = "wsgi_deferred_tests"
-    purge_queue(broker, queue)
+    queue = f"wsgi_deferred_tests_{uuid.uuid4().hex}"  # RabbitMQ is shared: a queue of our own
     runs = tmp_path / "runs"
     runs.mkdir()
-    yield {
-        "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
-        "TIER_BROKER": broker,
-        "TIER_QUEUE": queue,
-        "TIER_LEASE": str(LEASE),
-        "TIER_RUNS": str(runs),
-        "PYTHONPATH": E2E,
-    }
-    purge_queue(broker, queue)
+    try:
+        yield {
+            "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+            "TIER_BROKER": broker,
+            "TIER_QUEUE": queue,
+            "TIER_LEASE": str(LEASE),
+            "TIER_RUNS": str(runs),
+            "PYTHONPATH": E2E,
+        }
+    finally:
+        delete_queue(broker, queue)
 
 
 @pytest.fixture
@@ -103,19 +104,20 @@ def record_of(env: dict[str, str], location: str):  # type: ignore[no-untyped-de
 
 def check_jobs(server: Gunicorn, workers: list[TierWorker], count: int) -> None:
     """*count* jobs with distinct bodies: each answer is the body reversed, with its hash,
-    made by a worker's pool child, never by a web process."""
+    made by a process below a worker (a pool child, an RQ work horse), never by a web
+    process."""
     bodies = [os.urandom(1000 + 777 * i) for i in range(count)]
     locations = [submit(server, "/job", body) for body in bodies]
     web = set(server.worker_pids()) | {server.process.pid}  # type: ignore[union-attr]
-    children = {pid for w in workers for pid in w.children()}
+    tier = {pid for w in workers for pid in [w.pid, *w.children()]}
     for body, location in zip(bodies, locations, strict=True):
         result = fetch_result(server.port, location, timeout=60)
         assert result.status == 200, result.body
         assert result.body == body[::-1]
         assert result.headers["x-digest"] == hashlib.sha256(body).hexdigest()
-        pid = int(result.headers["x-pid"])
+        pid, parent = int(result.headers["x-pid"]), int(result.headers["x-parent-pid"])
         assert pid not in web, "a task ran in a web process"
-        assert pid in children, f"pid {pid} is not a pool child of a worker"
+        assert parent in tier, f"pid {pid} (parent {parent}) is not below a worker"
 
 
 # -- delivery: results, hash-checked, run by the workers -------------------------------------
@@ -270,8 +272,10 @@ def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
 ) -> None:
     env = {**threads_env, "TIER_DRAIN": "0.3"}
     with Gunicorn(APP, workers=2, threads=4, env=env) as web:
-        retried = submit(web, "/retry/sleep?seconds=3")
-        plain = submit(web, "/sleep?seconds=30")
+        # Far longer than the test on its first run (so only the drain can end it), short on
+        # its second.
+        retried = submit(web, "/retry/sleep?seconds=60&again=1")
+        plain = submit(web, "/sleep?seconds=60")
         pids = {running_pid(web, retried), running_pid(web, plain)}
         for pid in pids:
             os.kill(pid, signal.SIGTERM)  # the app sees cancelled() and returns at once
@@ -279,6 +283,21 @@ def test_sigterm_with_a_short_drain_never_serves_the_cut_short_answer(
         lost = fetch_result(web.port, plain, timeout=40)
     first = runs_of(env, retried)[0]
     assert again.status == 200, again.body
-    assert again.body != f"slept 3.0 in {first}".encode(), "the cut-short answer was served"
+    assert again.body != f"slept 60.0 in {first}".encode(), "the cut-short answer was served"
+    assert again.body == f"slept 1.0 in {runs_of(env, retried)[1]}".encode()
     assert len(runs_of(env, retried)) == 2
     assert lost.status == 500 and lost.json()["state"] == "lost", lost.body  # type: ignore[index]
+
+
+def test_kill_9_of_a_whole_worker_on_a_redis_broker_reruns_a_retry_task(
+    redis_broker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = redis_broker_env  # the message comes back after visibility_timeout, or the sweeper
+    location, first, result, survivors = kill_worker_mid_task(
+        env, tmp_path, "/retry/sleep?seconds=3"
+    )
+    assert result.status == 200, result.body
+    runs = runs_of(env, location)
+    assert len(runs) == 2 and runs[0] == first, runs
+    assert runs[1] in survivors
+    assert record_of(env, location).attempts == 2

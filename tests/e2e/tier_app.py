@@ -3,13 +3,16 @@
 Configured by environment variables, so both tiers build the same middleware:
 
 ``TIER_STORE``   the shared store URL.
-``TIER_BROKER``  a Celery broker URL (amqp://... or redis://...); empty: the thread executor.
+``TIER_BROKER``  a Celery broker URL (amqp://... or redis://...), or ``rq+redis://...`` for
+                 RQ; empty: the thread executor.
 ``TIER_QUEUE``   the Celery queue of this test.
 ``TIER_LEASE``   lease_timeout in seconds.
 ``TIER_RUNS``    a directory: every run of /sleep appends its pid to ``<task id>.runs`` there.
 
-``POST /job``           echoes its body reversed, with its SHA-256 and the running pid.
-``POST /sleep``         ``?seconds=N``: works N s, reporting ``pid=<pid>`` as progress.
+``POST /job``           echoes its body reversed, with its SHA-256, the running pid and its
+                        parent's (an RQ work horse lives for one job only).
+``POST /sleep``         ``?seconds=N``: works N s, reporting ``pid=<pid>`` as progress
+                        (``&again=M``: M s on every run after the first).
 ``POST /retry/sleep``   the same, on a ``retry`` rule (max_attempts=2).
 ``GET /hello``          pass-through.
 """
@@ -34,14 +37,19 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     pid = str(os.getpid())
     if path == "/job":
         body = environ["wsgi.input"].read()
-        headers = [("X-Digest", hashlib.sha256(body).hexdigest()), ("X-Pid", pid)]
+        headers = [("X-Digest", hashlib.sha256(body).hexdigest()), ("X-Pid", pid),
+                   ("X-Parent-Pid", str(os.getppid()))]  # fmt: skip
         start_response("200 OK", [("Content-Type", "application/octet-stream"), *headers])
         return [body[::-1]]
     if path in ("/sleep", "/retry/sleep"):
-        seconds = float(parse_qs(environ.get("QUERY_STRING", "")).get("seconds", ["1"])[0])
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        seconds = float(query.get("seconds", ["1"])[0])
         runs = os.environ.get("TIER_RUNS")
         if runs:
-            with open(os.path.join(runs, environ["wsgi_deferred.id"] + ".runs"), "a") as log:
+            path = os.path.join(runs, environ["wsgi_deferred.id"] + ".runs")
+            if "again" in query and os.path.exists(path):  # a second run may be shorter
+                seconds = float(query["again"][0])
+            with open(path, "a") as log:
                 log.write(pid + "\n")
         progress = environ["wsgi_deferred.progress"]
         cancelled = environ["wsgi_deferred.cancelled"]
@@ -56,8 +64,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 
 
 def _executor() -> Any:
-    if not BROKER:
-        return None
+    if not BROKER or BROKER.startswith("rq+"):
+        return BROKER or None  # the thread executor, or RQ by URL
     from celery import Celery
 
     from wsgi_deferred.executors.celery import configure

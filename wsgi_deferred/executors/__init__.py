@@ -52,7 +52,7 @@ def _load(scheme: str) -> type[Executor]:
 
 def open_executor(spec: Any, runner: TaskRunner, **pool_options: Any) -> Executor:
     """The executor *spec* names (None, a URL, an engine object, or an Executor class)."""
-    if spec is None or spec == "threads":
+    if spec is None or (isinstance(spec, str) and spec == "threads"):
         return _load("threads")(runner, **pool_options)
     if isinstance(spec, str):
         scheme, plus, rest = spec.partition("+")

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DeferredError, PoolFull, StoreUnavailable
 from ..pool import WorkerPool
 from ..task import TaskState
+from .delivery import Redelivery
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
 
-__all__ = ["QUEUED_LEASE", "SWEEP_BATCH", "Executor"]
+__all__ = ["QUEUED_LEASE", "SWEEP_BATCH", "Executor", "RemoteExecutor"]
 
 logger = logging.getLogger("wsgi_deferred")
 
@@ -57,6 +58,10 @@ class Executor(WorkerPool):
         runner.keep_requests = self.remote
         runner.queued_lease = QUEUED_LEASE if self.remote else None
         self._sweeper_pid = 0
+        #: Set by run_worker. A worker process does not sweep: its store connections would
+        #: cross the fork of every new pool child (SQLite forbids that), and one sweeper per
+        #: child would be too many; the web tier sweeps.
+        self._in_worker = False
         self._sweep_stop = threading.Event()
         #: task id -> monotonic time of its last re-submission from this process
         self._resubmitted: dict[str, float] = {}
@@ -65,8 +70,6 @@ class Executor(WorkerPool):
 
     def resubmit(self, task_id: str) -> bool:
         """Run the re-queued task *task_id* again; False when there is no room now."""
-        from ..runner import Redelivery
-
         try:
             self.reserve(None)
         except PoolFull:
@@ -87,6 +90,8 @@ class Executor(WorkerPool):
         """Start this process's retry sweeper if retries are possible (cheap when running).
         Called once the store is chosen, in the process that serves (never before a fork)."""
         if self._sweeper_pid == os.getpid() or not self.runner.retries or self._closed:
+            return
+        if self._in_worker:
             return
         with self._lock:
             if self._sweeper_pid == os.getpid():
@@ -129,3 +134,32 @@ class Executor(WorkerPool):
     def shutdown(self, timeout: float | None = None) -> None:
         self._sweep_stop.set()
         super().shutdown(timeout)
+
+
+class RemoteExecutor(Executor):
+    """Base of the engines' executors: an attached task's id goes to the engine (its captured
+    request is already in the store, see ``TaskRunner.attach``); a detached one runs here."""
+
+    remote = True
+
+    def send(self, task_id: str) -> bool:
+        """Hand *task_id* to the engine; False (logged) when it cannot be reached."""
+        raise NotImplementedError
+
+    def submit(self, job: Any) -> None:
+        if not getattr(job, "attached", False):
+            super().submit(job)  # detached: may be answered inline, so it runs here
+            return
+        self.release(job.client_key)  # nothing runs here; the slot is free again
+        job.snapshot.discard()  # the store has it
+        if not self.send(job.id):
+            message = "the task queue could not be reached"
+            expires = time.time() + self.runner.result_ttl
+            try:
+                self.runner.store.fail(job.id, TaskState.LOST.value, message, expires)
+            except StoreUnavailable:
+                logger.error("task %s: not queued and not marked lost", job.id)
+        job.done.set()
+
+    def resubmit(self, task_id: str) -> bool:
+        return self.send(task_id)

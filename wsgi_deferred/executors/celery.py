@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from ..errors import ConfigurationError, StoreUnavailable
-from ..task import TaskState, is_task_id
-from .base import Executor
+from ..errors import ConfigurationError
+from ..task import is_task_id
+from .base import RemoteExecutor
+from .delivery import run_delivered
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
@@ -69,10 +70,8 @@ def configure(app: Celery) -> Celery:
     return app
 
 
-class CeleryExecutor(Executor):
+class CeleryExecutor(RemoteExecutor):
     """Attached tasks go to Celery workers; detached ones (inline waits) run here."""
-
-    remote = True
 
     def __init__(
         self,
@@ -89,23 +88,8 @@ class CeleryExecutor(Executor):
         self.celery = engine
         #: The queue both tiers use: the app's ``wsgi_deferred_queue`` setting, if any.
         self.queue: str = engine.conf.get("wsgi_deferred_queue") or DEFAULT_QUEUE
-        self._in_worker = False  # set by run_worker
 
     # -- the web side -------------------------------------------------------------------------
-
-    def submit(self, job: Any) -> None:
-        if not getattr(job, "attached", False):
-            super().submit(job)  # detached: may be answered inline, so it runs here
-            return
-        self.release(job.client_key)  # nothing runs here; the slot is free again
-        job.snapshot.discard()  # the store has it (TaskRunner.attach)
-        if not self.send(job.id):
-            message = "the task queue could not be reached"
-            try:
-                self.runner.store.fail(job.id, TaskState.LOST.value, message, _expires(self))
-            except StoreUnavailable:
-                logger.error("task %s: not queued and not marked lost", job.id)
-        job.done.set()
 
     def send(self, task_id: str) -> bool:
         """Send the task id to the workers; False (logged) when the broker is unreachable."""
@@ -123,16 +107,6 @@ class CeleryExecutor(Executor):
             return False
         return True
 
-    def resubmit(self, task_id: str) -> bool:
-        return self.send(task_id)
-
-    def ensure_sweeper(self) -> None:
-        # The web tier sweeps. A worker's main process must not (its store connections would
-        # cross the fork of every new pool child, which SQLite forbids), nor its children
-        # (one sweeper per pool child is too many).
-        if not self._in_worker:
-            super().ensure_sweeper()
-
     # -- the worker side ----------------------------------------------------------------------
 
     def run_worker(self, middleware: Any, concurrency: int | None, loglevel: str) -> int:
@@ -143,7 +117,7 @@ class CeleryExecutor(Executor):
             if not isinstance(task_id, str) or not is_task_id(task_id):
                 logger.error("ignoring a delivery with a malformed task id %r", task_id)
                 return
-            runner.run_delivered(task_id)
+            run_delivered(runner, task_id)
 
         self._in_worker = True
         argv = [
@@ -160,9 +134,3 @@ class CeleryExecutor(Executor):
             argv.append(f"--concurrency={concurrency}")
         self.celery.worker_main(argv)
         return 0
-
-
-def _expires(executor: Executor) -> float:
-    import time
-
-    return time.time() + executor.runner.result_ttl

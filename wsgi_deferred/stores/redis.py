@@ -61,9 +61,10 @@ import redis
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState, is_task_id
-from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, REQUEST_TTL, STALE_RETENTION, Store, listed
+from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .redis_calls import INDEX_SHARDS, MIN_BLOCK, RedisCalls
 from .redis_calls import unavailable as _unavailable
+from .redis_requests import RedisRequests
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "INDEX_SHARDS", "RedisStore"]
 
@@ -108,7 +109,7 @@ _TEXTS = ("message", "owner", "label", "status")
 # ------------------------------------------------------------------------------------------
 
 
-class RedisStore(RedisCalls, Store):
+class RedisStore(RedisRequests, RedisCalls, Store):
     """Tasks in Redis, shared by every process and host that uses the same *prefix*."""
 
     shared = True
@@ -426,95 +427,9 @@ return 1
                 read(page)
         return listed(records, states, limit, time.time())
 
-    # -- execution tier: captured requests, the delivery gate, retries --------------------
-    # ``P req:{ID}`` is a list: the request's variables (JSON), then its body in chunk_size
-    # pieces; uploaded under a temporary name in the same slot and RENAMEd, so a reader never
-    # sees half a request. ``P retry`` (sorted set: id -> when saved) is the sweeper's hint.
-
-    def deliver(self, task_id: str, lease_expires: float) -> TaskRecord | None:
-        lease = float(lease_expires)
-        before = self._lower(task_id, lease + STALE_RETENTION)
-        flat = self._run("deliver", task_id, repr(lease), before=before)
-        return _decode(task_id, _fields(flat)) if flat else None  # type: ignore[arg-type]
-
-    def save_request(self, task_id: str, meta: bytes, body: SpooledBody) -> None:
-        key = self._key("req", task_id)
-        temp = f"{key}:{secrets.token_hex(8)}"
-        with _unavailable():
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.rpush(temp, bytes(meta))
-                pipe.expire(temp, int(REQUEST_TTL))
-                pipe.execute()
-                for chunk in body.iter_chunks(self.chunk_size):
-                    self._redis.rpush(temp, chunk)
-                # Two calls, not a pipeline: redis-py's cluster pipeline refuses RENAME, and
-                # the retry index lives in another slot than the request.
-                self._redis.rename(temp, key)
-                self._redis.zadd(self.prefix + "retry", {task_id: time.time()})
-            except BaseException:
-                with contextlib.suppress(redis.RedisError):
-                    self._redis.unlink(temp)
-                raise
-
-    def load_request(self, task_id: str) -> tuple[bytes, BinaryIO] | None:
-        key = self._key("req", task_id)
-        with _unavailable():
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.llen(key)
-            pipe.lindex(key, 0)
-            count, meta = pipe.execute()
-        if not count or meta is None:
-            return None
-        reader = _RequestReader(self._redis, key, int(count))
-        return bytes(meta), io.BufferedReader(reader, buffer_size=COPY_CHUNK)
-
-    def delete_request(self, task_id: str) -> None:
-        with _unavailable():
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.unlink(self._key("req", task_id))
-            pipe.zrem(self.prefix + "retry", task_id)
-            pipe.execute()
-
-    def retry_candidates(self, limit: int) -> list[str]:
-        if limit <= 0:
-            return []
-        with _unavailable():
-            ids = self._redis.zrange(self.prefix + "retry", 0, limit - 1)
-            found = []
-            for raw in ids:  # type: ignore[union-attr]
-                task_id = raw.decode()
-                record = self.get(task_id)
-                if record is None or record.state.is_final:
-                    self.delete_request(task_id)  # ended without its runner telling us
-                else:
-                    found.append(task_id)
-        return found
-
-
-class _RequestReader(io.RawIOBase):
-    """Reads the body chunks of a captured request list (elements 1..count-1), one LINDEX
-    at a time."""
-
-    def __init__(self, client: redis.Redis, key: str, count: int) -> None:
-        self._client, self._key, self._count = client, key, count
-        self._next, self._view = 1, memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._view:
-            if self._next >= self._count:
-                return 0
-            with _unavailable():
-                chunk = self._client.lindex(self._key, self._next)
-            if chunk is None:  # deleted mid-read: never a silent truncation
-                raise StoreUnavailable("the captured request was deleted while being read")
-            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
-        n = min(len(buffer), len(self._view))
-        buffer[:n], self._view = self._view[:n], self._view[n:]
-        return n
+    def _record_from(self, task_id: str, flat: list[bytes]) -> TaskRecord:
+        """A record from a script's HGETALL reply (used by ``redis_requests.py``)."""
+        return _decode(task_id, _fields(flat))
 
 
 class _ChunkReader(io.RawIOBase):

@@ -1,0 +1,127 @@
+"""Captured requests and retries for :class:`~wsgi_deferred.stores.redis.RedisStore`
+(docs/execution.md): the delivery gate (the ``deliver`` script) and the captured requests.
+
+``P req:{ID}`` is a list: the request's variables (JSON), then its body in ``chunk_size``
+pieces; it is uploaded under a temporary name in the same hash slot and RENAMEd, so a reader
+never sees half a request. ``P retry`` (a sorted set: id -> when saved) is the sweeper's hint;
+every command on it touches that one key, so it works on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import redis
+
+from ..buffers import COPY_CHUNK, SpooledBody
+from ..errors import StoreUnavailable
+from ..task import TaskRecord
+from .base import REQUEST_TTL, STALE_RETENTION
+from .redis_calls import unavailable as _unavailable
+
+__all__ = ["RedisRequests"]
+
+
+class RedisRequests:
+    """Mixed into RedisStore, which provides the attributes and helpers below."""
+
+    prefix: str
+    chunk_size: int
+    _redis: redis.Redis
+    _run: Callable[..., Any]
+    _key: Callable[[str, str], str]
+    _lower: Callable[[str, float], Any]
+    _record_from: Callable[[str, list[bytes]], TaskRecord]
+
+    def get(self, task_id: str) -> TaskRecord | None:  # pragma: no cover - RedisStore's
+        raise NotImplementedError
+
+    def deliver(self, task_id: str, lease_expires: float) -> TaskRecord | None:
+        lease = float(lease_expires)
+        before = self._lower(task_id, lease + STALE_RETENTION)  # the purge index (redis.py)
+        flat = self._run("deliver", task_id, repr(lease), before=before)
+        return self._record_from(task_id, flat) if flat else None
+
+    def save_request(self, task_id: str, meta: bytes, body: SpooledBody) -> None:
+        key = self._key("req", task_id)
+        temp = f"{key}:{secrets.token_hex(8)}"
+        with _unavailable():
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.rpush(temp, bytes(meta))
+                pipe.expire(temp, int(REQUEST_TTL))
+                pipe.execute()
+                for chunk in body.iter_chunks(self.chunk_size):
+                    self._redis.rpush(temp, chunk)
+                # Two calls, not a pipeline: redis-py's cluster pipeline refuses RENAME, and
+                # the retry hint lives in another slot than the request.
+                self._redis.rename(temp, key)
+                self._redis.zadd(self.prefix + "retry", {task_id: time.time()})
+            except BaseException:
+                with contextlib.suppress(redis.RedisError):
+                    self._redis.unlink(temp)
+                raise
+
+    def load_request(self, task_id: str) -> tuple[bytes, BinaryIO] | None:
+        key = self._key("req", task_id)
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.llen(key)
+            pipe.lindex(key, 0)
+            count, meta = pipe.execute()
+        if not count or meta is None:
+            return None
+        reader = _RequestReader(self._redis, key, int(count))
+        return bytes(meta), io.BufferedReader(reader, buffer_size=COPY_CHUNK)
+
+    def delete_request(self, task_id: str) -> None:
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.unlink(self._key("req", task_id))
+            pipe.zrem(self.prefix + "retry", task_id)
+            pipe.execute()
+
+    def retry_candidates(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with _unavailable():
+            ids = self._redis.zrange(self.prefix + "retry", 0, limit - 1)
+            found = []
+            for raw in ids:  # type: ignore[union-attr]
+                task_id = raw.decode()
+                record = self.get(task_id)
+                if record is None or record.state.is_final:
+                    self.delete_request(task_id)  # ended without its runner telling us
+                else:
+                    found.append(task_id)
+        return found
+
+
+class _RequestReader(io.RawIOBase):
+    """Reads the body chunks of a captured request list (elements 1..count-1), one LINDEX
+    at a time."""
+
+    def __init__(self, client: redis.Redis, key: str, count: int) -> None:
+        self._client, self._key, self._count = client, key, count
+        self._next, self._view = 1, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._view:
+            if self._next >= self._count:
+                return 0
+            with _unavailable():
+                chunk = self._client.lindex(self._key, self._next)
+            if chunk is None:  # deleted mid-read: never a silent truncation
+                raise StoreUnavailable("the captured request was deleted while being read")
+            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
+        n = min(len(buffer), len(self._view))
+        buffer[:n], self._view = self._view[:n], self._view[n:]
+        return n
