@@ -78,6 +78,11 @@ class TierWorker:
         env["PYTHONPATH"] = os.pathsep.join(
             [self.env.get("PYTHONPATH", ""), str(ROOT), str(ROOT / "tests")]
         )
+        # A temp dir of its own, beside its log: a worker killed with SIGKILL cannot remove
+        # what multiprocessing made there (pymp-*), and the test's $TMPDIR must stay clean.
+        own_tmp = self.log_path.with_suffix(".tmp")
+        own_tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(own_tmp)
         command = [
             sys.executable, "-m", "wsgi_deferred.cli", "worker", self.target,
             "--concurrency", str(self.concurrency), "--log-level", "info", *self.extra_args,

@@ -301,7 +301,7 @@ def request_makers(draw: st.DrawFn) -> Callable[[], Environ]:
     return make
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: its pool threads end with it (tests/conftest.py checks)
 def recorder_mw() -> Iterator[tuple[DeferredMiddleware, EnvironRecorder]]:
     recorder = EnvironRecorder()
     with Harness() as made:
