@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import StoreUnavailable
 from .stores.base import Store
+from .tasklog import task_extra
 
 __all__ = ["DEFAULT_CLIENT_SHARE", "Admission", "default_client_limit"]
 
@@ -120,7 +121,12 @@ class Admission:
         except NotImplementedError:
             pass
         except StoreUnavailable as exc:
-            logger.warning("task %s: client slot not released (%s); it expires", task_id, exc)
+            logger.warning(
+                "task %s: client slot not released (%s); it expires",
+                task_id,
+                exc,
+                extra=task_extra(task_id),
+            )
 
     def _prune(self) -> list[tuple[str, str]]:
         """Drop held slots of tasks gone from this process for over a lease; return the rest

@@ -269,7 +269,9 @@ class WorkerPool:
         try:
             self.on_release(job)
         except Exception:
-            logger.exception("task %s: could not release its admission slot", job.id)
+            logger.exception(
+                "task %s: could not release its admission slot", job.id, extra=task_extra(job.id)
+            )
 
     def _abandon(self, job: PoolJob, reason: str) -> None:
         if self.on_abandon is None:

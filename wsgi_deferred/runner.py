@@ -408,4 +408,8 @@ class TaskRunner:
             try:
                 self.store.delete_request(job.id)
             except StoreUnavailable:
-                logger.warning("task %s: captured request not deleted (store unavailable)", job.id)
+                logger.warning(
+                    "task %s: captured request not deleted (store unavailable)",
+                    job.id,
+                    extra=task_extra(job.id),
+                )

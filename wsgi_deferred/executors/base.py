@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DeferredError, PoolFull, StoreUnavailable
 from ..pool import WorkerPool
 from ..task import TaskState
+from ..tasklog import task_extra
 from .delivery import Redelivery
 
 if TYPE_CHECKING:
@@ -128,7 +129,12 @@ class Executor(WorkerPool):
             if self.resubmit(task_id):
                 self._resubmitted[task_id] = now
                 count += 1
-                logger.info("task %s: re-submitted (attempt %d)", task_id, record.attempts + 1)
+                logger.info(
+                    "task %s: re-submitted (attempt %d)",
+                    task_id,
+                    record.attempts + 1,
+                    extra=task_extra(task_id),
+                )
         return count
 
     def shutdown(self, timeout: float | None = None) -> None:
@@ -158,7 +164,9 @@ class RemoteExecutor(Executor):
             try:
                 self.runner.store.fail(job.id, TaskState.LOST.value, message, expires)
             except StoreUnavailable:
-                logger.error("task %s: not queued and not marked lost", job.id)
+                logger.error(
+                    "task %s: not queued and not marked lost", job.id, extra=task_extra(job.id)
+                )
         job.done.set()
 
     def resubmit(self, task_id: str) -> bool:

@@ -27,6 +27,7 @@ from celery import Celery
 
 from ..errors import ConfigurationError
 from ..task import is_task_id
+from ..tasklog import task_extra
 from .base import RemoteExecutor
 from .delivery import run_delivered
 
@@ -103,7 +104,12 @@ class CeleryExecutor(RemoteExecutor):
                 retry_policy=PUBLISH_RETRY,
             )
         except Exception as exc:  # kombu/amqp raise their own errors (OperationalError...)
-            logger.error("task %s: cannot reach the Celery broker: %s", task_id, exc)
+            logger.error(
+                "task %s: cannot reach the Celery broker: %s",
+                task_id,
+                exc,
+                extra=task_extra(task_id),
+            )
             return False
         return True
 

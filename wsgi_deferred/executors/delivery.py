@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailable
 from ..task import TaskState
+from ..tasklog import task_extra
 from .snapshots import restore_snapshot
 
 if TYPE_CHECKING:
@@ -37,13 +38,19 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     store = runner.store
     record = store.deliver(task_id, time.time() + runner.lease_timeout)
     if record is None:
-        logger.info("task %s: delivery skipped (final, or running elsewhere)", task_id)
+        logger.info(
+            "task %s: delivery skipped (final, or running elsewhere)",
+            task_id,
+            extra=task_extra(task_id),
+        )
         return "skipped"
     try:
         kept = store.load_request(task_id)
         snapshot = restore_snapshot(*kept, runner.spool_threshold) if kept else None
     except ValueError as exc:
-        logger.error("task %s: captured request unreadable: %s", task_id, exc)
+        logger.error(
+            "task %s: captured request unreadable: %s", task_id, exc, extra=task_extra(task_id)
+        )
         snapshot = None
     if snapshot is None:
         expires = time.time() + runner.result_ttl
@@ -93,6 +100,8 @@ class Redelivery:
         try:
             run_delivered(self.runner, self.id, self)
         except StoreUnavailable:
-            logger.warning("task %s: store unavailable, retry not started", self.id)
+            logger.warning(
+                "task %s: store unavailable, retry not started", self.id, extra=task_extra(self.id)
+            )
         finally:
             self.done.set()

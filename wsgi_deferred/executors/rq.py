@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 
 from ..errors import ConfigurationError
 from ..task import is_task_id
+from ..tasklog import task_extra
 from .base import RemoteExecutor
 from .delivery import run_delivered
 
@@ -76,7 +77,9 @@ class RQExecutor(RemoteExecutor):
                 PERFORM, task_id, job_timeout=-1, result_ttl=0, failure_ttl=FAILURE_TTL
             )
         except Exception as exc:  # redis-py's errors, RQ's own
-            logger.error("task %s: cannot reach the RQ queue: %s", task_id, exc)
+            logger.error(
+                "task %s: cannot reach the RQ queue: %s", task_id, exc, extra=task_extra(task_id)
+            )
             return False
         return True
 
