@@ -5,9 +5,9 @@ file; and, with --check, whether the running interpreter has exactly those insta
     python .ci/floors.py --check             # exit 1 unless every floor is what is installed
 
 Runtime means ``[project].dependencies`` and every optional extra except the development ones
-(``test``, ``bench``): what a user installs. Each requirement needs a lower bound (``>=``,
-``~=`` or ``==``); one without is an error, since nothing would test its floor. A package named
-in several extras takes the highest of its floors. Standard library only, Python 3.10+.
+(``test``, ``test-*``, ``bench``): what a user installs. Each requirement needs a lower bound
+(``>=``, ``~=`` or ``==``); one without is an error, since nothing would test its floor. A
+package named in several extras takes the highest of its floors. Standard library only, 3.10+.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser as tomli
         from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-#: Extras that are for developing this project, not for its users.
+#: Extras that are for developing this project, not for its users (and every ``test-*``).
 DEVELOPMENT_EXTRAS = {"test", "bench"}
 _REQUIREMENT = re.compile(
     r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*)(?:;(?P<marker>.*))?$"
@@ -53,7 +53,7 @@ def floors(pyproject: Path = PYPROJECT) -> dict[str, tuple[str, str]]:
     self_name = canonical(project["name"])
     requirements = list(project.get("dependencies", []))
     for extra, items in project.get("optional-dependencies", {}).items():
-        if extra not in DEVELOPMENT_EXTRAS:
+        if extra not in DEVELOPMENT_EXTRAS and not extra.startswith("test-"):
             requirements.extend(items)
     found: dict[str, tuple[str, str]] = {}
     for requirement in requirements:

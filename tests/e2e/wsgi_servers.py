@@ -160,7 +160,10 @@ def _module_missing(module: str) -> Callable[[], str | None]:
 
 def _uwsgi_missing() -> str | None:
     if not Path(uwsgi_binary()).exists() and shutil.which("uwsgi") is None:
-        return "uwsgi is not installed (pip install -e '.[test]' builds it: needs a C compiler)"
+        return (
+            "uwsgi is not installed (pip install -e '.[test-uwsgi]' compiles it: a C compiler "
+            "and the Python headers)"
+        )
     return None
 
 
