@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -159,7 +158,8 @@ def _module_missing(module: str) -> Callable[[], str | None]:
 
 
 def _uwsgi_missing() -> str | None:
-    if not Path(uwsgi_binary()).exists() and shutil.which("uwsgi") is None:
+    # This interpreter's own build: a uWSGI on the PATH embeds some other Python.
+    if not Path(uwsgi_binary()).exists():
         return (
             "uwsgi is not installed (pip install -e '.[test-uwsgi]' compiles it: a C compiler "
             "and the Python headers)"
