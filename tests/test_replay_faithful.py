@@ -301,8 +301,9 @@ def request_makers(draw: st.DrawFn) -> Callable[[], Environ]:
     return make
 
 
-@pytest.fixture  # per test: its pool threads end with it (tests/conftest.py checks)
+@pytest.fixture
 def recorder_mw() -> Iterator[tuple[DeferredMiddleware, EnvironRecorder]]:
+    # Function-scoped: its pool's threads end within the test that started them.
     recorder = EnvironRecorder()
     with Harness() as made:
         yield made(recorder, routes=["/p"], workers=2), recorder

@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import weakref
@@ -29,6 +30,13 @@ from .errors import PoolFull
 from .tasklog import task_extra
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "ClientLimit", "PoolJob", "WorkerPool"]
+
+#: Signals servers use to stop or reload their workers (gunicorn, uWSGI, waitress).
+_SERVER_SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+}
 
 logger = logging.getLogger("wsgi_deferred")
 
@@ -162,6 +170,20 @@ class WorkerPool:
         self._changed()
 
     def _start_threads(self) -> None:
+        # A new thread inherits its creator's signal mask: block the server's process signals
+        # while starting ours, so the kernel delivers them to a server thread (POSIX
+        # signal(7)). A server that handles them in C on whatever thread they reach (uWSGI)
+        # otherwise runs its shutdown on one of our threads and hangs there.
+        if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+            self._start_threads_now()
+            return
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+        try:
+            self._start_threads_now()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _start_threads_now(self) -> None:
         while len(self._threads) < self.workers:
             thread = threading.Thread(
                 target=self._work, name=f"{self.name}-worker-{len(self._threads) + 1}", daemon=True

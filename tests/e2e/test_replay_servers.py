@@ -118,7 +118,9 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GunicornServer]:
     store = tmp_path_factory.mktemp("replay") / "tasks.db"
-    env = {"JOBS_STORE": f"sqlite://{store}", "PYTHONPATH": E2E}
+    # Its own TMPDIR: the server outlives each test's private one.
+    tmpdir = tmp_path_factory.mktemp("replay-tmp")
+    env = {"JOBS_STORE": f"sqlite://{store}", "PYTHONPATH": E2E, "TMPDIR": str(tmpdir)}
     made = server_for(str(request.param), "environ_app:application", env)
     made.start()
     try:

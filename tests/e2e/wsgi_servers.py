@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -60,10 +59,10 @@ class UWSGI(GunicornServer):
     ``--http-keepalive``: without it the router closes every connection after one response,
     whatever the client asked (HTTP/1.1 keep-alive is the default, RFC 9112 §9.3).
     ``--enable-threads``: the worker pool's threads never run on builds where it is off
-    (a stub, always on, in uWSGI 2.0.31). ``--py-call-osafterfork``: uWSGI forks its workers
-    in C, and without it Python's after-fork handling (``os.register_at_fork`` hooks,
-    ``threading``'s reset) never runs in them; a worker then hung at exit about one time in
-    five here, ``threading._shutdown`` waiting on a lock from the master. ``--die-on-term``:
+    (a stub, always on, in uWSGI 2.0.31). Not ``--py-call-osafterfork``: on Python 3.13 it
+    kills every worker at fork (uWSGI issue 2710). uWSGI handles its stop signals in C on
+    whichever thread they reach, so the pool's threads block them (wsgi_deferred/pool.py);
+    before that a worker hung at exit about one time in five. ``--die-on-term``:
     SIGTERM ends the master (its default is a "brutal reload"). ``--auto-procname`` names the
     processes, so the workers can be told from the router.
     """
@@ -82,7 +81,6 @@ class UWSGI(GunicornServer):
             "--processes", str(self.workers),
             "--threads", str(self.threads),
             "--enable-threads",
-            "--py-call-osafterfork",
             "--die-on-term",
             "--need-app",
             "--auto-procname",
@@ -160,8 +158,12 @@ def _module_missing(module: str) -> Callable[[], str | None]:
 
 
 def _uwsgi_missing() -> str | None:
-    if not Path(uwsgi_binary()).exists() and shutil.which("uwsgi") is None:
-        return "uwsgi is not installed (pip install -e '.[test]' builds it: needs a C compiler)"
+    # This interpreter's own build: a uWSGI on the PATH embeds some other Python.
+    if not Path(uwsgi_binary()).exists():
+        return (
+            "uwsgi is not installed (pip install -e '.[test-uwsgi]' compiles it: a C compiler "
+            "and the Python headers)"
+        )
     return None
 
 
