@@ -71,15 +71,7 @@ class MemoryStore(Store):
             self._drop(record.id)
 
     def claim(self, task_id: str, lease_expires: float) -> bool:
-        with self._lock:
-            record = self._live(task_id)
-            if record is None or record.state is not TaskState.QUEUED:
-                return False
-            record.state = TaskState.RUNNING
-            record.started = time.time()
-            record.lease_expires = lease_expires
-            record.attempts += 1
-            return True
+        return self.deliver(task_id, lease_expires) is not None
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         renewed = set()

@@ -62,7 +62,7 @@ from ..buffers import COPY_CHUNK, SpooledBody
 from ..errors import ConfigurationError, StoreUnavailable
 from ..task import TaskRecord, TaskState, is_task_id
 from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
-from .redis_calls import INDEX_SHARDS, MIN_BLOCK, RedisCalls
+from .redis_calls import INDEX_SHARDS, MIN_BLOCK, ChunkReader, RedisCalls
 from .redis_calls import unavailable as _unavailable
 from .redis_requests import RedisRequests
 
@@ -253,7 +253,7 @@ class RedisStore(RedisRequests, RedisCalls, Store):
                 return None
         if count <= 1:
             return io.BytesIO(first)
-        raw = _ChunkReader(self._redis, key, count, first)
+        raw = ChunkReader(self._redis, key, count, first, what="result")
         return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
@@ -430,30 +430,6 @@ return 1
     def _record_from(self, task_id: str, flat: list[bytes]) -> TaskRecord:
         """A record from a script's HGETALL reply (used by ``redis_requests.py``)."""
         return _decode(task_id, _fields(flat))
-
-
-class _ChunkReader(io.RawIOBase):
-    """Reads a body list one chunk at a time (LINDEX), holding one chunk in memory."""
-
-    def __init__(self, client: redis.Redis, key: str, count: int, first: bytes) -> None:
-        self._client, self._key, self._count = client, key, count
-        self._next, self._view = 1, memoryview(first)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._view:
-            if self._next >= self._count:
-                return 0
-            with _unavailable():
-                chunk = self._client.lindex(self._key, self._next)
-            if chunk is None:  # deleted or expired mid-read: never a silent truncation
-                raise StoreUnavailable("the result was deleted while it was being read")
-            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
-        n = min(len(buffer), len(self._view))
-        buffer[:n], self._view = self._view[:n], self._view[n:]
-        return n
 
 
 def _optional(value: object) -> tuple[str, str]:

@@ -7,6 +7,7 @@ cluster). The key rules these follow are in the comment block of ``redis.py``.
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 import zlib
@@ -180,3 +181,31 @@ def unavailable() -> Iterator[None]:
         yield
     except (redis.RedisError, RedisClusterException) as exc:
         raise StoreUnavailable(f"Redis store unavailable: {exc}") from exc
+
+
+class ChunkReader(io.RawIOBase):
+    """Reads list *key* from element 1 to *count* - 1 (element 0 is *first*, already read),
+    one LINDEX at a time: one chunk in memory, never the whole body (a result body, or a
+    captured request whose element 0 is its variables)."""
+
+    def __init__(
+        self, client: redis.Redis, key: str, count: int, first: bytes = b"", what: str = "body"
+    ) -> None:
+        self._client, self._key, self._count, self._what = client, key, count, what
+        self._next, self._view = 1, memoryview(first)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._view:
+            if self._next >= self._count:
+                return 0
+            with unavailable():
+                chunk = self._client.lindex(self._key, self._next)
+            if chunk is None:  # deleted or expired mid-read: never a silent truncation
+                raise StoreUnavailable(f"the {self._what} was deleted while it was being read")
+            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
+        n = min(len(buffer), len(self._view))
+        buffer[:n], self._view = self._view[:n], self._view[n:]
+        return n

@@ -19,9 +19,9 @@ from typing import Any, BinaryIO
 import redis
 
 from ..buffers import COPY_CHUNK, SpooledBody
-from ..errors import StoreUnavailable
 from ..task import TaskRecord
 from .base import REQUEST_TTL, STALE_RETENTION
+from .redis_calls import ChunkReader
 from .redis_calls import unavailable as _unavailable
 
 __all__ = ["RedisRequests"]
@@ -76,7 +76,7 @@ class RedisRequests:
             count, meta = pipe.execute()
         if not count or meta is None:
             return None
-        reader = _RequestReader(self._redis, key, int(count))
+        reader = ChunkReader(self._redis, key, int(count), what="captured request")
         return bytes(meta), io.BufferedReader(reader, buffer_size=COPY_CHUNK)
 
     def delete_request(self, task_id: str) -> None:
@@ -100,28 +100,3 @@ class RedisRequests:
                 else:
                     found.append(task_id)
         return found
-
-
-class _RequestReader(io.RawIOBase):
-    """Reads the body chunks of a captured request list (elements 1..count-1), one LINDEX
-    at a time."""
-
-    def __init__(self, client: redis.Redis, key: str, count: int) -> None:
-        self._client, self._key, self._count = client, key, count
-        self._next, self._view = 1, memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._view:
-            if self._next >= self._count:
-                return 0
-            with _unavailable():
-                chunk = self._client.lindex(self._key, self._next)
-            if chunk is None:  # deleted mid-read: never a silent truncation
-                raise StoreUnavailable("the captured request was deleted while being read")
-            self._next, self._view = self._next + 1, memoryview(chunk)  # type: ignore[arg-type]
-        n = min(len(buffer), len(self._view))
-        buffer[:n], self._view = self._view[:n], self._view[n:]
-        return n
