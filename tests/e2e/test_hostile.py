@@ -264,7 +264,8 @@ def test_oversized_header_and_request_line(server: Gunicorn) -> None:
     answer = raw(server.port, b"GET /hello HTTP/1.1\r\nHost: t\r\n" + big_header + b"\r\n")
     assert status_of(answer) in (400, 431)
     long_line = b"GET /" + b"u" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
-    assert status_of(raw(server.port, long_line)) == 414
+    # 414 from current gunicorn (27 here); 24.1, the floor, answers 400: both refuse it.
+    assert status_of(raw(server.port, long_line)) in (400, 414)
 
 
 def test_progress_message_is_escaped_on_the_waiting_page(server: Gunicorn) -> None:
