@@ -78,7 +78,11 @@ class Gunicorn:
             start_new_session=True,
         )  # fmt: skip
         log.close()
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # a server that never became ready is not left running
+            raise
         return self
 
     #: The server's name in log file names and messages.
