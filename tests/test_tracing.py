@@ -164,3 +164,54 @@ def test_no_traceparent_without_opentelemetry_spans() -> None:
     finally:
         deferred.close(5)
     assert seen == [None]  # no current span: the key is there, empty
+
+
+def test_a_replay_in_another_process_continues_the_trace_from_the_stored_traceparent(
+    tracing: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Any
+) -> None:
+    """The execution tier's case: the process that replays the task (a Celery worker, a
+    sibling taking over a retry) shares no context object with the one that accepted it; the
+    captured request in the store carries the traceparent instead (tracing.py)."""
+    from apps import make_environ
+
+    from wsgi_deferred.capture import capture_request
+    from wsgi_deferred.executors.delivery import run_delivered
+    from wsgi_deferred.runner import Job
+    from wsgi_deferred.task import TaskState, new_task_id
+
+    provider, exporter = tracing
+    options: dict[str, Any] = {
+        "store": f"sqlite:///{tmp_path}/t.db",
+        "routes": ["POST /work"],
+        "retry": ["POST /work"],
+        "max_attempts": 2,  # a retry rule: the thread executor keeps the captured request
+    }
+    seen: list[dict[str, Any]] = []
+    accepting = DeferredMiddleware(make_app(provider, seen), **options)
+    inner = OpenTelemetryMiddleware(make_app(provider, seen), tracer_provider=provider)
+    other = DeferredMiddleware(inner, **options)  # "another process": no shared context
+    try:
+        environ = make_environ("/work", "POST", data=b"x")
+        environ["wsgi.multiprocess"] = True
+        with provider.get_tracer("tests").start_as_current_span("accepting request") as span:
+            job = Job(accepting.runner, new_task_id(), capture_request(environ, 10**6))
+        job.attached = False
+        # Stored (queued, with its captured request and traceparent) but never run here: what
+        # a remote executor's web process does before it sends the id to the engine.
+        accepting.runner.attach(job)
+        job.snapshot.discard()
+        # Delivered where no context of the accepting request exists, as in a worker.
+        ran = contextvars.Context().run(run_delivered, other.runner, job.id)
+        assert ran == "ran"
+        record = other.get_store().get(job.id)
+        assert record is not None and record.state is TaskState.DONE
+    finally:
+        accepting.close(5)
+        other.close(5)
+    replays = [s for s in exporter.get_finished_spans() if s.name.startswith("POST")]
+    assert len(replays) == 1, [s.name for s in exporter.get_finished_spans()]
+    replay = replays[0]
+    assert replay.parent is not None, "the replay started a trace of its own"
+    assert replay.context.trace_id == span.get_span_context().trace_id
+    assert replay.parent.span_id == span.get_span_context().span_id
+    assert seen and seen[-1]["wsgi_deferred.traceparent"] == job.traceparent

@@ -209,7 +209,9 @@ class TaskRunner:
             job.attempts = max(job.attempts, 1)  # a detached job handed over mid-run
         if store.shared and (self.keep_requests or job.max_attempts > 1):
             try:
-                store.save_request(job.id, snapshot_meta(job.snapshot), job.snapshot.body)
+                store.save_request(
+                    job.id, snapshot_meta(job.snapshot, job.traceparent), job.snapshot.body
+                )
                 job.kept_request = True
             except ValueError:  # the body is gone: the run it was captured for just ended
                 job.max_attempts = 1

@@ -11,14 +11,18 @@ A process that is not the accepting one (an out-of-process executor) cannot shar
 object; for it the job also keeps the W3C ``traceparent`` of the accepting request's span
 (W3C Trace Context, section 3.2), found through OpenTelemetry's propagator when the application
 already uses OpenTelemetry (never imported here otherwise), and hands it to the app as
-``environ["wsgi_deferred.traceparent"]``.
+``environ["wsgi_deferred.traceparent"]``. The captured request kept in the store carries it,
+and the process that replays it there (``wsgi-deferred worker``, a retry on a sibling) runs the
+app in a context whose current span context is that traceparent
+(:func:`context_from_traceparent`), so the trace goes on there too.
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
 
-__all__ = ["current_traceparent"]
+__all__ = ["context_from_traceparent", "current_traceparent"]
 
 
 def current_traceparent() -> str | None:
@@ -34,3 +38,24 @@ def current_traceparent() -> str | None:
     except Exception:  # a misconfigured propagator must not cost the request
         return None
     return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> contextvars.Context:
+    """A copy of the current context in which, when the app uses OpenTelemetry, the span
+    context that *traceparent* names is current (a remote parent): an OpenTelemetry WSGI
+    middleware around the app then starts the replay's span as its child."""
+    context = contextvars.copy_context()
+    if not traceparent or "opentelemetry.trace" not in sys.modules:
+        return context
+
+    def attach() -> None:
+        from opentelemetry import context as otel_context
+        from opentelemetry import propagate
+
+        otel_context.attach(propagate.extract({"traceparent": traceparent}))
+
+    try:
+        context.run(attach)  # the change stays in *context*, not in the caller's
+    except Exception:  # a misconfigured propagator must not cost the task
+        return contextvars.copy_context()
+    return context

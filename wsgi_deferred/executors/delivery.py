@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from ..errors import StoreUnavailable
 from ..task import TaskState
 from ..tasklog import task_extra
-from .snapshots import restore_snapshot
+from ..tracing import context_from_traceparent
+from .snapshots import restore_snapshot, stored_traceparent
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
@@ -44,8 +45,10 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
             extra=task_extra(task_id),
         )
         return "skipped"
+    traceparent = None
     try:
         kept = store.load_request(task_id)
+        traceparent = stored_traceparent(kept[0]) if kept else None
         snapshot = restore_snapshot(*kept, runner.spool_threshold) if kept else None
     except ValueError as exc:
         logger.error(
@@ -59,6 +62,8 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     job = Job(runner, task_id, snapshot, owner=record.owner, attached=True)
     job.created, job.delivered, job.kept_request = record.created, True, True
     job.attempts, job.max_attempts = record.attempts, record.max_attempts
+    # Not this process's request: continue the accepting request's trace from its traceparent.
+    job.traceparent, job.context = traceparent, context_from_traceparent(traceparent)
     if redelivery is not None:  # so a local DELETE and shutdown reach the job
         job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
     beat = threading.Thread(

@@ -14,21 +14,34 @@ from typing import BinaryIO
 from ..buffers import SPOOL_THRESHOLD, SpooledBody
 from ..capture import RequestSnapshot
 
-__all__ = ["SNAPSHOT_FORMAT", "restore_snapshot", "snapshot_meta"]
+__all__ = ["SNAPSHOT_FORMAT", "restore_snapshot", "snapshot_meta", "stored_traceparent"]
 
 #: Version of the JSON document, so a newer worker can read what an older web tier kept.
 SNAPSHOT_FORMAT = 1
 
 
-def snapshot_meta(snapshot: RequestSnapshot) -> bytes:
-    """The JSON document for :meth:`~wsgi_deferred.stores.base.Store.save_request`."""
-    document = {
+def snapshot_meta(snapshot: RequestSnapshot, traceparent: str | None = None) -> bytes:
+    """The JSON document for :meth:`~wsgi_deferred.stores.base.Store.save_request`; with the
+    accepting request's W3C *traceparent*, so a replay in another process continues its trace
+    (tracing.py)."""
+    document: dict[str, object] = {
         "format": SNAPSHOT_FORMAT,
         "variables": snapshot.variables,
         "url_scheme": snapshot.url_scheme,
         "multiprocess": snapshot.multiprocess,
     }
+    if traceparent is not None:
+        document["traceparent"] = traceparent
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def stored_traceparent(meta: bytes) -> str | None:
+    """The traceparent :func:`snapshot_meta` kept in *meta*, or None."""
+    try:
+        value = json.loads(meta).get("traceparent")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def restore_snapshot(
