@@ -310,7 +310,7 @@ def report(section: Section, cpu, trip, recovery, rounds: int) -> None:  # type:
         p99 = median([percentile(r, 99) for r in cpu[("tier", count)]])
         section.targets.append(
             Target(
-                f"5 tier: GET /hello p99 with {count} CPU task(s) vs idle",
+                f"6 tier: GET /hello p99 with {count} CPU task(s) vs idle",
                 f"{p99 / idle['tier']:.1f} x ({_ms(p99)} vs {_ms(idle['tier'])} ms)",
                 "≤ 2 x",
                 p99 <= 2 * idle["tier"],
@@ -342,7 +342,7 @@ def report(section: Section, cpu, trip, recovery, rounds: int) -> None:  # type:
     )  # fmt: skip
     section.targets.append(
         Target(
-            "5 tier round trip vs the Celery pattern, jobs/s",
+            "6 tier round trip vs the Celery pattern, jobs/s",
             f"{jobs(trip['tier']) / jobs(trip['celery']):.2f} x "
             f"(p50 {_ms(p50(trip['tier']))} vs {_ms(p50(trip['celery']))} ms)",
             "report",
@@ -363,6 +363,6 @@ def report(section: Section, cpu, trip, recovery, rounds: int) -> None:  # type:
     )  # fmt: skip
     for name, values in recovery.items():
         section.targets.append(
-            Target(f"5 recovery after kill -9, {name}", f"{median(values):.2f} s",
+            Target(f"6 recovery after kill -9, {name}", f"{median(values):.2f} s",
                    f"≤ lease + 2 s ({LEASE + 2:g} s)", median(values) <= LEASE + 2)
         )  # fmt: skip
