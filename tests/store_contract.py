@@ -12,7 +12,7 @@ import time
 import pytest
 
 from wsgi_deferred.buffers import SpooledBody
-from wsgi_deferred.stores.base import Store
+from wsgi_deferred.stores.base import RETRY_WINDOW, Store
 from wsgi_deferred.task import TaskRecord, TaskState, new_task_id
 
 HOUR = 3600.0
@@ -455,15 +455,19 @@ class StoreContract:
         assert store.get(record.id).state is TaskState.LOST  # type: ignore[union-attr]
         assert store.deliver(record.id, time.time() + 30) is None
 
-    def test_a_requeued_task_that_nobody_runs_reads_lost_in_the_end(self, store: Store) -> None:
+    def test_a_requeued_task_that_nobody_runs_reads_lost_in_the_end(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         record = new_record(max_attempts=3, lease_expires=time.time() + 0.2)
         store.create(record)
         assert store.deliver(record.id, time.time() + 0.2) is not None
         time.sleep(0.3)
         assert store.get(record.id).state is TaskState.QUEUED  # type: ignore[union-attr]
-        # A queued task's lease running out is `lost`, retry rule or not.
-        assert store.renew([record.id], time.time() + 0.1) == {record.id}
-        time.sleep(0.2)
+        # Its first runner cannot renew it, and nobody delivers it within RETRY_WINDOW: a
+        # queued task's lease running out is `lost`, retry rule or not.
+        assert store.renew([record.id], time.time() + 30) == set()
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + RETRY_WINDOW + 1)
         assert store.get(record.id).state is TaskState.LOST  # type: ignore[union-attr]
 
     def test_captured_request_round_trips_in_chunks(self, store: Store) -> None:
@@ -481,10 +485,8 @@ class StoreContract:
         with reader:
             assert got_meta == meta
             assert reader.read() == data
-        assert record.id in store.retry_candidates(100)
         store.delete_request(record.id)
         assert store.load_request(record.id) is None
-        assert record.id not in store.retry_candidates(100)
         store.delete_request(record.id)  # idempotent
 
     def test_empty_captured_request(self, store: Store) -> None:
@@ -496,6 +498,35 @@ class StoreContract:
         with kept[1] as reader:
             assert (kept[0], reader.read()) == (b"{}", b"")
         assert store.load_request(new_task_id()) is None
+
+    def test_a_requeued_task_is_not_renewed_by_its_first_runner(self, store: Store) -> None:
+        # Its runner, alive but late (a store outage longer than the lease), must not win the
+        # task back from its retry: the two would run at once (docs/execution.md, "Retries").
+        record = new_record(max_attempts=2)
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 0.2) is not None
+        threading.Event().wait(0.35)
+        assert record.id not in store.renew([record.id], time.time() + 30)
+        again = store.get(record.id)
+        assert again is not None and again.state is TaskState.QUEUED and again.attempts == 1
+        second = store.deliver(record.id, time.time() + 30)
+        assert second is not None and second.attempts == 2
+        assert record.id in store.renew([record.id], time.time() + 30)  # its new runner's
+
+    def test_retry_candidates_leave_out_healthy_tasks(self, store: Store) -> None:
+        healthy, waiting, lapsed = (new_record(max_attempts=2) for _ in range(3))
+        for record in (healthy, waiting, lapsed):
+            store.create(record)
+            store.save_request(record.id, b"{}", body_of(b"x"))
+        assert store.deliver(healthy.id, time.time() + 30) is not None  # running, leased
+        assert store.deliver(lapsed.id, time.time() + 0.2) is not None  # its runner will die
+        threading.Event().wait(0.35)
+        found = store.retry_candidates(100)
+        assert lapsed.id in found
+        assert healthy.id not in found and waiting.id not in found
+        for record in (healthy, waiting, lapsed):
+            store.delete_request(record.id)
+        assert lapsed.id not in store.retry_candidates(100), "its request is gone: no retry"
 
     def test_attempts_survive_the_end_states(self, store: Store) -> None:
         record = new_record(max_attempts=3)

@@ -403,7 +403,9 @@ class TaskRunner:
 
     @staticmethod
     def may_run_again(job: Job) -> bool:
-        return job.kept_request and job.attempts < job.max_attempts
+        # Only a job that started a run here: the store re-queues running tasks, never queued
+        # ones (a queued job abandoned at shutdown reads lost, with its real reason).
+        return job.kept_request and 1 <= job.attempts < job.max_attempts
 
     def forget_request(self, job: Job) -> None:
         if job.kept_request:

@@ -96,6 +96,12 @@ class TaskRecord:
             return False
         return (time.time() if now is None else now) > self.lease_expires
 
+    @property
+    def requeued(self) -> bool:
+        """True for a task queued again after a run whose runner died: it waits for its next
+        runner, and its first one may no longer renew it."""
+        return self.state is TaskState.QUEUED and self.attempts > 0
+
     def may_run_again(self) -> bool:
         """True when a running task whose lease lapsed is re-queued instead of ``lost``:
         it is on a ``retry`` rule and has runs left (docs/execution.md, "Retries")."""

@@ -39,6 +39,7 @@ from ..task import TaskRecord, TaskState
 __all__ = [
     "DEFAULT_LIST_LIMIT",
     "LIST_SCAN_MAX",
+    "ORPHAN_GRACE",
     "REQUEST_TTL",
     "RETRY_WINDOW",
     "STALE_RETENTION",
@@ -59,6 +60,9 @@ LOST_MESSAGE = "the process running this task stopped renewing its lease"
 #: Seconds a task re-queued after its runner died waits for a new runner (a delivery or the
 #: retry sweeper) before it reads ``lost`` after all.
 RETRY_WINDOW = 300.0
+#: Seconds a captured request may exist without its task's record (it is saved just before
+#: the record is created) before a sweep takes it for an orphan.
+ORPHAN_GRACE = 60.0
 #: Seconds a captured request kept in a shared store lives at most (a safety net: it is
 #: deleted when its task ends).
 REQUEST_TTL = 24 * 3600.0
@@ -87,7 +91,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
-        """Heartbeat: push ``lease_expires`` of each unfinished task in *task_ids* forward.
+        """Heartbeat: push ``lease_expires`` of each unfinished task in *task_ids* forward,
+        except a task re-queued for another runner (``TaskRecord.requeued``: queued after a
+        run): its first runner, late but alive, must not keep it from its retry.
         Return the ids that were renewed; an id missing from the answer is finished,
         cancelled, deleted or expired, and its runner should stop caring about it."""
 
@@ -236,10 +242,13 @@ class Store(abc.ABC):
         """Forget a task's captured request (its task ended). No error if there is none."""
 
     def retry_candidates(self, limit: int) -> list[str]:
-        """At most *limit* ids of tasks whose captured request is kept and that are not
-        known to be final: the retry sweeper reads each with :meth:`get` (which applies the
-        lease rules, re-queueing what may run again) and re-submits the re-queued ones. A
-        hint: it may name tasks that ended meanwhile."""
+        """At most *limit* ids of tasks whose captured request is kept and that need a look:
+        re-queued after a run (``TaskRecord.requeued``) or running on a lapsed lease. The
+        retry sweeper reads each with :meth:`get` (which applies the lease rules, re-queueing
+        what may run again) and re-submits the re-queued ones. Healthy queued or running tasks
+        are left out, so a backlog of them never hides one whose runner died (a store may also
+        page through its candidates over successive calls). A hint: it may name tasks that
+        ended meanwhile."""
         return []
 
 

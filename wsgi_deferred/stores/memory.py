@@ -78,9 +78,10 @@ class MemoryStore(Store):
         with self._lock:
             for task_id in task_ids:
                 record = self._live(task_id)
-                if record is not None and not record.state.is_final:
-                    record.lease_expires = lease_expires
-                    renewed.add(task_id)
+                if record is None or record.state.is_final or record.requeued:
+                    continue  # a re-queued task belongs to its next runner (store contract)
+                record.lease_expires = lease_expires
+                renewed.add(task_id)
         return renewed
 
     def set_progress(self, task_id: str, progress: float | None, message: str | None) -> None:
@@ -331,9 +332,10 @@ class MemoryStore(Store):
         with self._lock:
             return [
                 task_id
-                for task_id in list(self._requests)[: max(0, limit)]
-                if (record := self._records.get(task_id)) is not None and not record.state.is_final
-            ]
+                for task_id in list(self._requests)
+                if (record := self._live(task_id)) is not None
+                and (record.requeued or record.lease_ran_out())
+            ][: max(0, limit)]
 
     def _drop_request(self, task_id: str) -> None:
         kept = self._requests.pop(task_id, None)

@@ -119,8 +119,14 @@ redis.call('HSET', task, 'state', 'running', 'started', ARGV[1], 'lease_expires'
 redis.call('HINCRBY', task, 'attempts', 1)
 leased_until(tonumber(ARGV[2]))
 return redis.call('HGETALL', task)""",
+    # A task re-queued for another runner (its lease lapsed, a retry rule) is not renewed:
+    # its first runner, late but alive, must not keep it from the retry, nor run beside it.
     "renew": """
-if not unfinished(live()) then return 0 end
+local state = live()
+if not unfinished(state) then return 0 end
+if state == 'queued' and tonumber(redis.call('HGET', task, 'attempts') or '0') > 0 then
+  return 0
+end
 redis.call('HSET', task, 'lease_expires', ARGV[2])
 leased_until(tonumber(ARGV[2]))
 return 1""",

@@ -20,7 +20,7 @@ import redis
 
 from ..buffers import COPY_CHUNK, SpooledBody
 from ..task import TaskRecord
-from .base import REQUEST_TTL, STALE_RETENTION
+from .base import ORPHAN_GRACE, REQUEST_TTL, STALE_RETENTION
 from .redis_calls import ChunkReader
 from .redis_calls import unavailable as _unavailable
 
@@ -32,6 +32,8 @@ class RedisRequests:
 
     prefix: str
     chunk_size: int
+    #: Where the next retry_candidates() page starts (per process; see there).
+    _retry_offset: int = 0
     _redis: redis.Redis
     _run: Callable[..., Any]
     _key: Callable[[str, str], str]
@@ -89,14 +91,23 @@ class RedisRequests:
     def retry_candidates(self, limit: int) -> list[str]:
         if limit <= 0:
             return []
+        # A page at a rotating offset, so that with more than *limit* kept requests every
+        # one is looked at in turn (a backlog of healthy ones cannot hide a dead runner's).
+        start = self._retry_offset
+        settled = time.time() - ORPHAN_GRACE
         with _unavailable():
-            ids = self._redis.zrange(self.prefix + "retry", 0, limit - 1)
+            page = self._redis.zrange(
+                self.prefix + "retry", start, start + limit - 1, withscores=True
+            )
+            self._retry_offset = 0 if len(page) < limit else start + limit
             found = []
-            for raw in ids:  # type: ignore[union-attr]
+            for raw, saved in page:  # type: ignore[union-attr]
                 task_id = raw.decode()
                 record = self.get(task_id)
+                if record is None and saved >= settled:
+                    continue  # saved just before its record is created (runner.attach)
                 if record is None or record.state.is_final:
                     self.delete_request(task_id)  # ended without its runner telling us
-                else:
+                elif record.requeued or record.lease_ran_out():
                     found.append(task_id)
         return found

@@ -167,7 +167,11 @@ class SQLiteStore(SQLiteRequests, Store):
 
     def renew(self, task_ids: Iterable[str], lease_expires: float) -> set[str]:
         ids, now = list(task_ids), time.time()
-        sql = f"UPDATE tasks SET lease_expires = :lease WHERE id = :id AND {_LIVE}"
+        # Not a task re-queued for another runner (queued after a run): see Store.renew.
+        sql = (
+            f"UPDATE tasks SET lease_expires = :lease WHERE id = :id AND {_LIVE}"
+            " AND NOT (state = 'queued' AND attempts > 0)"
+        )
 
         def renew_all(conn: sqlite3.Connection) -> set[str]:
             params = {"now": now, "lease": lease_expires}

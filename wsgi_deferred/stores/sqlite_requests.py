@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..buffers import SpooledBody
 from ..errors import StoreUnavailable
 from ..task import TaskRecord
-from .base import REQUEST_TTL, RETRY_WINDOW
+from .base import ORPHAN_GRACE, REQUEST_TTL, RETRY_WINDOW
 
 if TYPE_CHECKING:
     from .sqlite_db import ConnectionPerThread
@@ -121,19 +121,25 @@ class SQLiteRequests:
     def retry_candidates(self, limit: int) -> list[str]:
         sql = (
             "SELECT r.id FROM requests r JOIN tasks t ON t.id = r.id"
-            " WHERE t.state IN ('queued', 'running') ORDER BY r.saved LIMIT :limit"
+            " WHERE (t.state = 'queued' AND t.attempts >= 1)"
+            " OR (t.state = 'running' AND t.lease_expires < :now)"
+            " ORDER BY r.saved LIMIT :limit"
         )
-        return [row[0] for row in self._db.rows(sql, limit=max(0, limit))]
+        # Only tasks that need a look (re-queued, or running on a lapsed lease): a backlog of
+        # healthy ones can never hide a task whose runner died.
+        return [row[0] for row in self._db.rows(sql, limit=max(0, limit), now=time.time())]
 
     def _purge_requests(self, now: float) -> None:
         """Captured requests whose task is gone or final, or older than REQUEST_TTL."""
+        # A request is saved just before its task's record is created (runner.attach): one
+        # younger than ORPHAN_GRACE seconds may be waiting for it.
         where = (
-            "saved < :oldest OR id NOT IN (SELECT id FROM tasks"
-            " WHERE state IN ('queued', 'running'))"
+            "saved < :oldest OR (saved < :settled AND id NOT IN (SELECT id FROM tasks"
+            " WHERE state IN ('queued', 'running')))"
         )
 
         def purge(conn: sqlite3.Connection) -> list[str]:
-            params = {"oldest": now - REQUEST_TTL}
+            params = {"oldest": now - REQUEST_TTL, "settled": now - ORPHAN_GRACE}
             files = conn.execute(
                 f"SELECT body_file FROM requests WHERE body_file IS NOT NULL AND ({where})", params
             ).fetchall()
