@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a server gets to start answering before the test fails.
@@ -198,3 +199,24 @@ def fetch_result(
             return response
         if time.monotonic() > deadline:
             raise AssertionError(f"{location} still 202 after {timeout}s")
+
+
+def submit(server: Any, path: str, body: bytes = b"") -> str:
+    """POST *path* to a deferred route of *server*; the status URL of its ``202``."""
+    accepted = server.request("POST", path, body)
+    assert accepted.status == 202, accepted.body
+    return str(accepted.headers["location"])
+
+
+def running_pid(server: Any, location: str, timeout: float = 20.0) -> int:
+    """The pid of the process running the task, as the test apps report it in their
+    progress message (``pid=N``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = server.request("GET", location).json()
+        message = document.get("message") or ""
+        if message.startswith("pid="):
+            return int(message[4:])
+        time.sleep(0.05)
+    log = server.log() if hasattr(server, "log") else ""
+    raise AssertionError(f"{location} never reported running:\n{log}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from load import run_load
 from redis_server import RedisServerProcess
-from servers import Gunicorn
+from servers import Gunicorn, running_pid, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -20,21 +20,7 @@ LEASE = 2.0  # seconds; small so the tests see `lost` quickly
 
 
 def start_sleep(server: Gunicorn, seconds: float) -> str:
-    accepted = server.request("POST", f"/sleep?seconds={seconds}")
-    assert accepted.status == 202, accepted.body
-    return accepted.headers["location"]
-
-
-def running_pid(server: Gunicorn, location: str, timeout: float = 15.0) -> int:
-    """The pid of the worker running the task, as the app reports it in its progress."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        document = server.request("GET", location).json()
-        message = document.get("message") or ""  # type: ignore[union-attr]
-        if message.startswith("pid="):
-            return int(message[4:])
-        time.sleep(0.05)
-    raise AssertionError(f"{location} never reported running")
+    return submit(server, f"/sleep?seconds={seconds}")
 
 
 def wait_for_status(server: Gunicorn, location: str, status: int, timeout: float):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from load import run_load
-from servers import Response
+from servers import Response, running_pid, submit
 from wsgi_servers import SERVERS, GunicornServer, server_for, wait_exited
 
 pytestmark = pytest.mark.e2e
@@ -56,21 +56,7 @@ def running(kind: str, env: dict[str, str]) -> Iterator[GunicornServer]:
 
 
 def start_sleep(server: GunicornServer, seconds: float) -> str:
-    accepted = server.request("POST", f"/sleep?seconds={seconds}")
-    assert accepted.status == 202, accepted.body
-    return accepted.headers["location"]
-
-
-def running_pid(server: GunicornServer, location: str, timeout: float = 15.0) -> int:
-    """The pid of the process running the task, as the app reports it in its progress."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        document = server.request("GET", location).json()
-        message = document.get("message") or ""  # type: ignore[union-attr]
-        if message.startswith("pid="):
-            return int(message[4:])
-        time.sleep(0.05)
-    raise AssertionError(f"{location} never reported running:\n{server.log()}")
+    return submit(server, f"/sleep?seconds={seconds}")
 
 
 def wait_for_status(server: GunicornServer, location: str, status: int, timeout: float) -> Response:

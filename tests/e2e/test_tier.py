@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from celery_worker import TierWorker, delete_queue, rabbitmq_url
 from redis_server import RedisServerProcess
-from servers import Gunicorn, fetch_result
+from servers import Gunicorn, fetch_result, running_pid, submit
 
 from wsgi_deferred.stores import open_store
 from wsgi_deferred.task import TaskState
@@ -70,23 +69,6 @@ def redis_broker_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def worker(env: dict[str, str], tmp_path: Path, concurrency: int = 2) -> TierWorker:
     return TierWorker(APP, env, tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", concurrency)
-
-
-def submit(server: Gunicorn, path: str, body: bytes = b"") -> str:
-    accepted = server.request("POST", path, body)
-    assert accepted.status == 202, accepted.body
-    return accepted.headers["location"]
-
-
-def running_pid(server: Gunicorn, location: str, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        document = server.request("GET", location).json()
-        message = document.get("message") or ""  # type: ignore[union-attr]
-        if message.startswith("pid="):
-            return int(message[4:])
-        time.sleep(0.05)
-    raise AssertionError(f"{location} never reported running")
 
 
 def runs_of(env: dict[str, str], location: str) -> list[int]:
