@@ -28,7 +28,7 @@ from .options import (
     fail,
 )
 from .serve import probe, serve
-from .tasks import build_tasks_parser, tasks
+from .tasks import build_tasks_parser, glue_task_ids, tasks
 from .worker import build_worker_parser, worker
 
 __all__ = ["main", "probe"]
@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     build_parser, run = COMMANDS[command]
     parser = build_parser()
-    namespace = parser.parse_intermixed_args(args[1:])
+    argv = glue_task_ids(args[1:]) if command == "tasks" else args[1:]
+    namespace = parser.parse_intermixed_args(argv)
     try:
         return run(namespace)
     except (UsageError, ConfigurationError) as exc:

@@ -59,6 +59,20 @@ examples:
 _STATES = [state.value for state in TaskState]
 
 
+def glue_task_ids(argv: list[str]) -> list[str]:
+    """``--cancel -hQ6...`` -> ``--cancel=-hQ6...``. A task id is base64url and one in 32
+    starts with ``-``, which argparse would take for an option ("expected one argument")."""
+    glued: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg == "--cancel":
+            value = next(values, None)
+            glued.append(arg if value is None else f"--cancel={value}")
+        else:
+            glued.append(arg)
+    return glued
+
+
 def build_tasks_parser() -> _Parser:
     parser = _Parser(
         prog=f"{PROG} tasks",
