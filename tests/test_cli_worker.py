@@ -23,6 +23,12 @@ def plain(environ, start_response):
     return [b"hi"]
 
 in_threads = DeferredMiddleware(plain, routes=["POST /x"], store="sqlite:///{db}")
+"""
+#: An APP whose own import fails: the middleware refuses a remote executor on a private store.
+IN_MEMORY = """\
+from wsgi_deferred import DeferredMiddleware
+from apps import plain
+
 in_memory = DeferredMiddleware(
     plain, routes=["POST /x"], store="memory://", executor="celery+amqp://guest@127.0.0.1//"
 )
@@ -32,6 +38,7 @@ in_memory = DeferredMiddleware(
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "apps.py").write_text(APPS.format(db=tmp_path / "t.db"))
+    (tmp_path / "memory_apps.py").write_text(IN_MEMORY)
     (tmp_path / "broken_module.py").write_text("raise RuntimeError('no config here')\n")
     return tmp_path
 
@@ -51,7 +58,8 @@ def run(app_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["missing_module:app"], "cannot import 'missing_module:app'"),
         (["apps:plain"], "names no shared store"),
         (["apps:plain", "--store", "memory://"], "names no shared store"),
-        (["apps:in_memory"], "names no shared store"),
+        (["memory_apps:in_memory"], "needs a shared store"),  # the middleware refuses it itself
+        (["apps:plain", "--executor", "celery+amqp://guest@127.0.0.1//"], "needs a shared store"),
         (["apps:in_threads"], "runs its tasks in the web process"),
         (["apps:plain", "--store", "sqlite:///t2.db"], "runs its tasks in the web process"),
         (["apps:plain", "--executor", "frob+x://y"], "--executor"),

@@ -246,6 +246,8 @@ def test_wrap_reads_each_variable_and_the_core_class_does_not(
     default: object,
 ) -> None:
     monkeypatch.setenv(option_named(name).env, text.format(tmp=tmp_path))
+    if name == "executor":  # a remote executor needs a shared store
+        monkeypatch.setenv("WSGI_DEFERRED_STORE", f"sqlite:///{tmp_path}/shared.db")
     wrapped = wrap(hello_app)
     built.append(wrapped)
     assert _inspect(wrapped, name) == shown

@@ -22,6 +22,7 @@ from wsgi_deferred.runner import Job
 from wsgi_deferred.task import TaskState, new_task_id
 
 LEASE = 0.3  # seconds
+SHARED = "redis://127.0.0.1:6379/15"  # a remote executor needs a shared store (not contacted)
 
 
 @pytest.fixture
@@ -53,16 +54,27 @@ def test_celery_urls_and_apps_name_the_celery_executor(built: list[DeferredMiddl
 
     from wsgi_deferred.executors.celery import DEFAULT_QUEUE, CeleryExecutor
 
-    by_url = make(built, executor="celery+amqp://guest@127.0.0.1:1//").executor
+    by_url = make(built, executor="celery+amqp://guest@127.0.0.1:1//", store=SHARED).executor
     assert isinstance(by_url, CeleryExecutor) and by_url.remote
     assert by_url.celery.conf.task_acks_late and by_url.celery.conf.task_reject_on_worker_lost
     assert by_url.celery.conf.worker_prefetch_multiplier == 1
     assert by_url.queue == DEFAULT_QUEUE
     app = Celery("mine", broker="memory://", set_as_current=False)
     app.conf.wsgi_deferred_queue = "render"
-    by_app = make(built, executor=app).executor
+    by_app = make(built, executor=app, store=SHARED).executor
     assert isinstance(by_app, CeleryExecutor) and by_app.celery is app
     assert by_app.queue == "render"
+
+
+@pytest.mark.parametrize("store", [None, "memory://"])
+@pytest.mark.parametrize("spec", ["celery+amqp://guest@127.0.0.1:1//", "rq+redis://127.0.0.1:1/0"])
+def test_a_remote_executor_refuses_a_store_its_workers_cannot_read(
+    spec: str, store: str | None
+) -> None:
+    # The workers read each task's captured request from the store: with a private one
+    # every task would read lost, so the web tier refuses to start.
+    with pytest.raises(ConfigurationError, match="needs a shared store"):
+        DeferredMiddleware(echo_app, routes=["POST /echo"], executor=spec, store=store)
 
 
 @pytest.mark.parametrize("spec", ["celery", "celery+", "frob+redis://x", 42, object()])
@@ -197,11 +209,11 @@ def test_rq_urls_and_queues_name_the_rq_executor(built: list[DeferredMiddleware]
 
     from wsgi_deferred.executors.rq import DEFAULT_QUEUE, RQExecutor
 
-    by_url = make(built, executor="rq+redis://127.0.0.1:1/0").executor
+    by_url = make(built, executor="rq+redis://127.0.0.1:1/0", store=SHARED).executor
     assert isinstance(by_url, RQExecutor) and by_url.remote
     assert by_url.queue.name == DEFAULT_QUEUE
     queue = Queue("render", connection=Redis(port=1))
-    by_queue = make(built, executor=queue).executor
+    by_queue = make(built, executor=queue, store=SHARED).executor
     assert isinstance(by_queue, RQExecutor) and by_queue.queue is queue
 
 

@@ -169,6 +169,15 @@ class DeferredMiddleware:
             drain_timeout=drain_timeout,
             on_release=self.admission.release_job,
         )
+        if self.executor.remote and (self._store is None or not self._store.shared):
+            # Its tasks run in other processes, which read the captured request from the
+            # store: a private (or the automatic, per-server) store would lose every task.
+            self.close(0)
+            raise ConfigurationError(
+                f"executor {type(self.executor).__name__} runs tasks in other processes and "
+                "needs a shared store: store='sqlite:///path' (one host) or "
+                f"'redis://host:6379/0', the same as the workers', not {store!r}"
+            )
         self.pool.on_change = self.metrics.watch(self.pool)  # Prometheus gauges, if on
         #: Requests this process may hold at once (docs/protocol.md, "Holds").
         self.holds = HoldBudget(max_holds)

@@ -19,24 +19,17 @@ import atexit
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from .background import start_thread
 from .errors import PoolFull
 from .tasklog import task_extra
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "ClientLimit", "PoolJob", "WorkerPool"]
-
-#: Signals servers use to stop or reload their workers (gunicorn, uWSGI, waitress).
-_SERVER_SIGNALS = {
-    getattr(signal, name)
-    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-    if hasattr(signal, name)
-}
 
 logger = logging.getLogger("wsgi_deferred")
 
@@ -170,31 +163,12 @@ class WorkerPool:
         self._changed()
 
     def _start_threads(self) -> None:
-        # A new thread inherits its creator's signal mask: block the server's process signals
-        # while starting ours, so the kernel delivers them to a server thread (POSIX
-        # signal(7)). A server that handles them in C on whatever thread they reach (uWSGI)
-        # otherwise runs its shutdown on one of our threads and hangs there.
-        if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-            self._start_threads_now()
-            return
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
-        try:
-            self._start_threads_now()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-    def _start_threads_now(self) -> None:
+        # start_thread blocks the server's stop signals in our threads (background.py).
         while len(self._threads) < self.workers:
-            thread = threading.Thread(
-                target=self._work, name=f"{self.name}-worker-{len(self._threads) + 1}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            name = f"{self.name}-worker-{len(self._threads) + 1}"
+            self._threads.append(start_thread(self._work, name=name))
         if self._heartbeat is None and self.on_heartbeat is not None:
-            self._heartbeat = threading.Thread(
-                target=self._beat, name=f"{self.name}-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
+            self._heartbeat = start_thread(self._beat, name=f"{self.name}-heartbeat")
 
     def jobs(self) -> list[PoolJob]:
         """Snapshot of this process's reserved-and-submitted jobs."""

@@ -61,7 +61,7 @@ class UWSGI(GunicornServer):
     ``--enable-threads``: the worker pool's threads never run on builds where it is off
     (a stub, always on, in uWSGI 2.0.31). Not ``--py-call-osafterfork``: on Python 3.13 it
     kills every worker at fork (uWSGI issue 2710). uWSGI handles its stop signals in C on
-    whichever thread they reach, so the pool's threads block them (wsgi_deferred/pool.py);
+    whichever thread they reach, so our threads block them (wsgi_deferred/background.py);
     before that a worker hung at exit about one time in five. ``--die-on-term``:
     SIGTERM ends the master (its default is a "brutal reload"). ``--auto-procname`` names the
     processes, so the workers can be told from the router.

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..background import start_thread
 from ..errors import DeferredError, PoolFull, StoreUnavailable
 from ..pool import WorkerPool
 from ..task import TaskState
@@ -102,8 +103,7 @@ class Executor(WorkerPool):
             self._resubmitted.clear()
         if not self.runner.store.shared:
             return  # one process: nobody else could run a task again
-        thread = threading.Thread(target=self._sweep_loop, name=f"{self.name}-sweeper", daemon=True)
-        thread.start()
+        start_thread(self._sweep_loop, name=f"{self.name}-sweeper")
 
     def _sweep_loop(self) -> None:
         while not self._sweep_stop.wait(self.heartbeat_interval):

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from ..background import start_thread
 from ..errors import StoreUnavailable
 from ..task import TaskState
 from ..tasklog import task_extra
@@ -66,10 +67,7 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     job.traceparent, job.context = traceparent, context_from_traceparent(traceparent)
     if redelivery is not None:  # so a local DELETE and shutdown reach the job
         job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
-    beat = threading.Thread(
-        target=_beat, args=(runner, job), name=f"wsgi-deferred-lease-{task_id[:6]}", daemon=True
-    )
-    beat.start()
+    beat = start_thread(_beat, name=f"wsgi-deferred-lease-{task_id[:6]}", args=(runner, job))
     try:
         runner.run(job)
     finally:

@@ -23,6 +23,8 @@ import socket
 import threading
 from collections.abc import Callable
 
+from ..background import start_thread
+
 __all__ = ["FALLBACK_SECONDS", "WakeChannel"]
 
 logger = logging.getLogger("wsgi_deferred")
@@ -76,10 +78,7 @@ class WakeChannel:
                 self._disabled = True
                 return False
             self._sock, self._path, self._pid = sock, path, os.getpid()
-            thread = threading.Thread(
-                target=self._receive, args=(sock,), name="sqlite-wake", daemon=True
-            )
-            thread.start()
+            start_thread(self._receive, name="sqlite-wake", args=(sock,))
             return True
 
     def _receive(self, sock: socket.socket) -> None:
