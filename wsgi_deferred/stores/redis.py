@@ -64,7 +64,13 @@ from ..task import TaskRecord, TaskState, is_task_id
 from .base import DEFAULT_LIST_LIMIT, LIST_SCAN_MAX, STALE_RETENTION, Store, listed
 from .redis_calls import INDEX_SHARDS, MIN_BLOCK, ChunkReader, RedisCalls
 from .redis_calls import unavailable as _unavailable
+from .redis_records import decode as _decode
+from .redis_records import encode as _encode
+from .redis_records import fields as _fields
+from .redis_records import glob_escape as _glob_escape
+from .redis_records import optional as _optional
 from .redis_requests import RedisRequests
+from .redis_slots import RedisSlots
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_PREFIX", "INDEX_SHARDS", "RedisStore"]
 
@@ -88,9 +94,6 @@ INDEX_GRACE = 60.0
 #: Keys one SCAN call of list_tasks() asks for (a hint to Redis: one page of work).
 LIST_SCAN_COUNT = 500
 
-_FLOATS = ("created", "started", "finished", "progress", "lease_expires", "expires")
-_TEXTS = ("message", "owner", "label", "status")
-
 # ---- Key rules (Redis Cluster; read before adding keys or scripts) ------------------------
 # * A task's keys are `<prefix><kind>:{<id>}[:more]`: the `{<id>}` hash tag puts all of them
 #   in one slot. A key for many tasks (index, secret, counters) never has a task's tag.
@@ -109,7 +112,7 @@ _TEXTS = ("message", "owner", "label", "status")
 # ------------------------------------------------------------------------------------------
 
 
-class RedisStore(RedisRequests, RedisCalls, Store):
+class RedisStore(RedisRequests, RedisSlots, RedisCalls, Store):
     """Tasks in Redis, shared by every process and host that uses the same *prefix*."""
 
     shared = True
@@ -334,56 +337,6 @@ class RedisStore(RedisRequests, RedisCalls, Store):
     def close(self) -> None:
         self._close_clients()
 
-    # -- per-client admission (docs/security.md, "Limits") ---------------------------------
-    # ``P slots:{CLIENT}``: sorted set task id -> slot expiry, one key per client (its own
-    # hash slot, so the script declares the one key it touches and runs on Redis Cluster).
-    # The key's TTL follows its latest expiry, so a client that went away leaves nothing.
-
-    _ACQUIRE_SLOT = """
-local key, now, id = KEYS[1], tonumber(ARGV[1]), ARGV[2]
-local limit, expires = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
-if not redis.call('ZSCORE', key, id) and redis.call('ZCARD', key) >= limit then
-  return 0
-end
-redis.call('ZADD', key, expires, id)
-local ttl = math.ceil((expires - now) * 1000) + 1000
-if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-return 1
-"""
-    _acquire_slot: redis.commands.core.Script | None = None
-
-    def _slots_key(self, client: str) -> str:
-        return f"{self.prefix}slots:{{{client}}}"
-
-    def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
-        if self._acquire_slot is None:
-            self._acquire_slot = self._redis.register_script(self._ACQUIRE_SLOT)
-        args = [repr(time.time()), task_id, int(limit), repr(float(expires))]
-        with _unavailable():
-            return bool(self._acquire_slot([self._slots_key(client)], args))
-
-    def release_slot(self, client: str, task_id: str) -> None:
-        with _unavailable():
-            self._redis.zrem(self._slots_key(client), task_id)
-
-    def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
-        pairs = list(slots)
-        if not pairs:
-            return
-        ttl = max(1000, int((expires - time.time()) * 1000) + 1000)
-        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
-        for client, task_id in pairs:
-            key = self._slots_key(client)
-            pipe.zadd(key, {task_id: float(expires)}, xx=True)  # only slots that still exist
-            pipe.pexpire(key, ttl)  # all slots of a client share one lease_timeout
-        with _unavailable():
-            pipe.execute()
-
-    def client_slots(self, client: str) -> int:
-        with _unavailable():
-            return int(self._redis.zcount(self._slots_key(client), time.time(), "+inf"))
-
     # -- listing (Store.list_tasks) ------------------------------------------------------------
 
     def list_tasks(
@@ -430,44 +383,3 @@ return 1
     def _record_from(self, task_id: str, flat: list[bytes]) -> TaskRecord:
         """A record from a script's HGETALL reply (used by ``redis_requests.py``)."""
         return _decode(task_id, _fields(flat))
-
-
-def _optional(value: object) -> tuple[str, str]:
-    """A (present, text) pair: a Lua script cannot tell None from "" otherwise."""
-    if value is None:
-        return ("0", "")
-    return ("1", repr(float(value)) if isinstance(value, (int, float)) else str(value))
-
-
-def _encode(record: TaskRecord) -> dict[str, str]:
-    data = record.to_dict()
-    data.pop("id")
-    if data["headers"] is not None:
-        data["headers"] = json.dumps(data["headers"])
-    return {
-        name: repr(float(value)) if name in _FLOATS else str(value)  # type: ignore[arg-type]
-        for name, value in data.items()
-        if value is not None
-    }
-
-
-def _fields(flat: list[bytes]) -> dict[str, bytes]:
-    """HGETALL's flat name, value, name, value... list as a dict."""
-    return {k.decode(): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-
-
-def _decode(task_id: str, fields: dict[str, bytes]) -> TaskRecord:
-    text = {name: value.decode() for name, value in fields.items()}
-    data: dict[str, object] = {"id": task_id, "state": text["state"]}
-    data.update({name: float(text[name]) if name in text else None for name in _FLOATS})
-    data.update({name: text.get(name) for name in _TEXTS})
-    data["headers"] = json.loads(text["headers"]) if "headers" in text else None
-    data["body_size"] = int(text["body_size"]) if "body_size" in text else None
-    data["attempts"] = int(text.get("attempts", "0"))
-    data["max_attempts"] = int(text.get("max_attempts", "1"))
-    return TaskRecord.from_dict(data)
-
-
-def _glob_escape(text: str) -> str:
-    """*text* matched literally by a Redis glob pattern (SCAN MATCH)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
