@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -30,17 +29,19 @@ from .capture import BodyError, ChainedInput, RequestSnapshot, capture_request
 from .errors import ConfigurationError, PoolFull, StoreUnavailable
 from .estimate import DurationHistory
 from .executors import open_executor
+from .handover import answer_inline, hand_over_after
 from .holds import INLINE, HoldBudget
 from .metrics import Metrics
 from .pages import render_message, wants_html
 from .pool import DEFAULT_DRAIN_TIMEOUT, ClientLimit
-from .replay import StartResponse, WSGIApp, serve_body
+from .replay import StartResponse, WSGIApp
 from .rules import RuleSet, parse_prefer
 from .runner import Job, TaskRunner
 from .sanitize import url_prefix
-from .status import StatusEndpoint, respond
-from .stores import Store, default_store_url, open_store
-from .task import TaskState, is_task_id, new_task_id
+from .status import StatusEndpoint, respond, respond_busy
+from .store_choice import StoreChoice
+from .stores import Store
+from .task import is_task_id, new_task_id
 from .tasklog import task_extra
 
 __all__ = ["DeferredMiddleware"]
@@ -56,9 +57,6 @@ DEFAULT_LEASE_TIMEOUT = 30.0  # seconds without a heartbeat before a task reads 
 DEFAULT_MAX_ATTEMPTS = 3  # runs at most of a task on a `retry` rule
 DEFAULT_MAX_WAIT = 25.0  # seconds a `Prefer: wait` may hold a request (under Heroku's 30 s)
 PURGE_INTERVAL = 60.0  # seconds between two sweeps of expired results
-SECRET_CACHE_SECONDS = 60.0  # seconds the store's binding secret is cached per process
-#: Seconds a client is told to wait after a 503 (pool full or store down) or a 429.
-BUSY_RETRY_AFTER = 5
 
 
 class DeferredMiddleware:
@@ -133,13 +131,10 @@ class DeferredMiddleware:
         #: Path of the Prometheus text endpoint, off (None) by default.
         self.metrics_path = metrics_path
         self.metrics = Metrics(prometheus=metrics_path is not None)
-        self._store_option = store
-        self._store: Store | None = open_store(store) if store is not None else None
-        self._store_lock = threading.Lock()
-        self._secret: bytes | None = None
-        self._secret_read = 0.0
+        #: The store given, or the automatic one once the first request chose it.
+        self.store_choice = StoreChoice(store)
         self._last_purge = time.monotonic()
-        self.binding = Binding(bind, self._store_secret)
+        self.binding = Binding(bind, self.store_choice.secret)
         #: Per-client pending tasks, counted in the store for the whole deployment; a fair
         #: share of max_pending unless max_pending_per_client says otherwise.
         self.admission = Admission(
@@ -169,7 +164,8 @@ class DeferredMiddleware:
             drain_timeout=drain_timeout,
             on_release=self.admission.release_job,
         )
-        if self.executor.remote and (self._store is None or not self._store.shared):
+        chosen = self.store_choice.store
+        if self.executor.remote and (chosen is None or not chosen.shared):
             # Its tasks run in other processes, which read the captured request from the
             # store: a private (or the automatic, per-server) store would lose every task.
             self.close(0)
@@ -278,11 +274,11 @@ class DeferredMiddleware:
             body, ctype = render_message(exc.status, exc.message, html)
             return respond(start_response, exc.status, body, ctype)
         try:
-            store = self.get_store(environ)
+            self.get_store(environ)  # chosen now, from this request's wsgi.multiprocess
             owner = self.binding.owner_of(environ)
         except StoreUnavailable as exc:
             snapshot.discard()
-            return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+            return respond_busy(start_response, "503 Service Unavailable", str(exc), html)
         client_key = owner or environ.get("REMOTE_ADDR")
         task_id = new_task_id()
         try:
@@ -290,11 +286,11 @@ class DeferredMiddleware:
         except ClientLimit as exc:
             snapshot.discard()
             self.metrics.incr("rejected_client_limit")
-            return self._busy(start_response, "429 Too Many Requests", str(exc), html)
+            return respond_busy(start_response, "429 Too Many Requests", str(exc), html)
         except PoolFull as exc:
             snapshot.discard()
             self.metrics.incr("rejected_pool_full")
-            return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+            return respond_busy(start_response, "503 Service Unavailable", str(exc), html)
         job = Job(
             self.runner, task_id, snapshot, owner=owner, client_key=client_key, attached=False
         )
@@ -313,19 +309,20 @@ class DeferredMiddleware:
                 self.pool.release(client_key)
                 self.admission.release(task_id)
                 snapshot.discard()
-                return self._busy(start_response, "503 Service Unavailable", str(exc), html)
+                return respond_busy(start_response, "503 Service Unavailable", str(exc), html)
             if not admitted:
                 self.pool.release(client_key)
                 snapshot.discard()
                 self.metrics.incr("rejected_client_limit")
                 message = f"this client already has {self.admission.limit} pending tasks"
-                return self._busy(start_response, "429 Too Many Requests", message, html)
+                return respond_busy(start_response, "429 Too Many Requests", message, html)
             self.pool.submit(job)
         else:
             try:
                 self.pool.submit(job)
-                if not self._hand_over_after(job, wait, store):
-                    return self._inline(job, environ, start_response)
+                handed_over = hand_over_after(job, wait, self.admission, self.runner, self.metrics)
+                if not handed_over:
+                    return answer_inline(job, environ, start_response, self.metrics)
             finally:
                 self.holds.release()
         self.metrics.incr("deferred")
@@ -335,64 +332,6 @@ class DeferredMiddleware:
             record = job.record()
         return self.status.accepted(
             start_response, record, self.status_url(environ, job.id), html, extra_headers=extra
-        )
-
-    def _hand_over_after(self, job: Job, wait: float, store: Store) -> bool:
-        """Wait up to *wait* seconds for an inline finish; True when the job was handed to
-        the store (the client gets a 202), False when it must be answered inline."""
-        if job.done.wait(wait):
-            return False
-        with job.lock:
-            if job.done.is_set() or job.state in (TaskState.DONE, TaskState.FAILED):
-                # Finished (or abandoned by shutdown) in the instant between wait and lock.
-                return False
-            try:
-                if self.admission.acquire(job.client_key, job.id):
-                    self.runner.attach(job)
-                    return True
-                # Over its quota: no 202, the client waits for its answer inline (it holds
-                # its own connection, as without the middleware).
-                self.metrics.incr("inline_client_limit")
-            except StoreUnavailable:
-                self.admission.release(job.id)
-                logger.warning(
-                    "task %s: store unavailable, answering inline instead",
-                    job.id,
-                    extra=task_extra(job.id),
-                )
-        job.done.wait()  # nothing better to do than what the app would have done inline
-        return False
-
-    def _inline(
-        self, job: Job, environ: dict[str, Any], start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """Answer with the job's outcome as if the app had run in this thread."""
-        if job.response is None and job.exc_info is None:
-            # Abandoned by a shutdown before it started: nothing ran, nothing was stored.
-            html = wants_html(environ)
-            return self._busy(
-                start_response, "503 Service Unavailable", "the server is shutting down", html
-            )
-        self.metrics.incr("inline")
-        if job.exc_info is not None:
-            exc = job.exc_info[1]
-            job.exc_info = None
-            raise exc  # "identical": the server sees the app's own exception (docs/protocol.md)
-        response = job.response
-        assert response is not None
-        try:
-            start_response(response.status, response.headers)
-            reader = response.body.open()
-        finally:
-            response.body.discard()  # an open reader keeps the data (POSIX)
-        return serve_body(environ, reader)
-
-    def _busy(
-        self, start_response: StartResponse, status: str, message: str, html: bool
-    ) -> list[bytes]:
-        body, ctype = render_message(status, message, html)
-        return respond(
-            start_response, status, body, ctype, [("Retry-After", str(BUSY_RETRY_AFTER))]
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -410,32 +349,9 @@ class DeferredMiddleware:
         """The store, created on first use. With ``store=None`` the choice depends on the
         server's ``wsgi.multiprocess``, so every request path passes its *environ*; only
         code that runs after a request chose the store (runner, purge) may omit it."""
-        store = self._store
-        if store is None:
-            with self._store_lock:
-                if self._store is None:
-                    multiprocess = bool(environ and environ.get("wsgi.multiprocess"))
-                    try:
-                        url = default_store_url(multiprocess)
-                    except ConfigurationError as exc:
-                        # A squatted or unsafe default directory: refuse to use it, loudly,
-                        # and answer 503 (StoreUnavailable) rather than a crash per request.
-                        logger.error("default store refused: %s", exc)
-                        raise StoreUnavailable(str(exc)) from exc
-                    self._store = open_store(url)
-                    logger.info("using store %s", url)
-                store = self._store
+        store = self.store_choice.get(environ)
         self.pool.ensure_sweeper()  # retries: once per serving process, a no-op after
         return store
-
-    def _store_secret(self) -> bytes:
-        # Re-read now and then: a Redis that lost its data gets a new secret, and every host
-        # must move to it, or bound tasks created on one host would 404 on the others.
-        now = time.monotonic()
-        if self._secret is None or now - self._secret_read > SECRET_CACHE_SECONDS:
-            self._secret = self.get_store().secret()
-            self._secret_read = now
-        return self._secret
 
     def _heartbeat(self, jobs: list[Any]) -> None:
         """Renew the leases of this process's tasks and the client slots they hold."""
@@ -485,8 +401,7 @@ class DeferredMiddleware:
     def close(self, timeout: float | None = None) -> None:
         """Drain the pool (see :meth:`WorkerPool.shutdown`) and close the store."""
         self.pool.shutdown(timeout)
-        if self._store is not None:
-            self._store.close()
+        self.store_choice.close()
 
 
 def _require(condition: bool, message: str) -> None:

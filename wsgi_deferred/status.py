@@ -46,8 +46,8 @@ NO_STORE_HEADERS = [
     ("Referrer-Policy", "no-referrer"),
 ]
 ALLOW = "GET, HEAD, DELETE"
-#: Seconds a store outage tells clients to wait before trying again.
-UNAVAILABLE_RETRY_AFTER = 5
+#: Seconds a client is told to wait after a 503 (pool full, store down) or a 429.
+BUSY_RETRY_AFTER = 5
 #: Bytes of form body read for the cancel button (``action=cancel`` is 13 bytes).
 MAX_CANCEL_FORM = 1024
 #: Seconds a poll without ``Prefer: wait`` may be held, at most, when its task is estimated
@@ -81,6 +81,15 @@ def respond(
     headers += extra_headers
     start_response(status, headers)
     return [] if head else [body]
+
+
+def respond_busy(
+    start_response: StartResponse, status: str, message: str, html: bool, head: bool = False
+) -> list[bytes]:
+    """A ``503``/``429`` of ours: the message as a page or text, and when to come back."""
+    body, ctype = render_message(status, message, html)
+    extra = [("Retry-After", str(BUSY_RETRY_AFTER))]
+    return respond(start_response, status, body, ctype, extra, head)
 
 
 class StatusEndpoint:
@@ -123,11 +132,8 @@ class StatusEndpoint:
             logger.warning(
                 "task %s: status unavailable: %s", task_id, exc, extra=task_extra(task_id)
             )
-            body, ctype = render_message(
-                "503 Service Unavailable", "the task store is unavailable; try again", html
-            )
-            extra = [("Retry-After", str(UNAVAILABLE_RETRY_AFTER))]
-            return respond(start_response, "503 Service Unavailable", body, ctype, extra, head)
+            message = "the task store is unavailable; try again"
+            return respond_busy(start_response, "503 Service Unavailable", message, html, head)
         body, ctype = render_message("405 Method Not Allowed", "method not allowed", html)
         return respond(start_response, "405 Method Not Allowed", body, ctype, [("Allow", ALLOW)])
 

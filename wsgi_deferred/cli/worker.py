@@ -94,8 +94,8 @@ def load_middleware(args: argparse.Namespace) -> DeferredMiddleware:
             middleware = DeferredMiddleware(app, **options)
         except DeferredError as exc:
             raise UsageError(str(exc)) from None
-    store = middleware._store  # an explicit store: None means "automatic", per web process
-    if store is None or not store.shared:
+    store = middleware.store_choice.store  # None: automatic, per web process
+    if not middleware.store_choice.explicit or store is None or not store.shared:
         raise UsageError(
             f"{args.target!r} names no shared store: set --store sqlite:///path or "
             "redis://host:6379/0 (WSGI_DEFERRED_STORE), the same as the web tier's"
