@@ -624,6 +624,19 @@ class ListingContract:
         assert {r.id for r in store.list_tasks(states=["lost"])} == {lapsing.id}
         assert store.list_tasks(states=["running"]) == []
 
+    def test_list_reads_a_lapsed_retry_task_queued_as_get_does(self, store: Store) -> None:
+        # Its runner died and it has runs left: the operator's list must agree with the
+        # status URL (queued, waiting for its next run), not call it lost.
+        record = new_record(max_attempts=2)
+        store.create(record)
+        assert store.deliver(record.id, time.time() + 0.2) is not None
+        time.sleep(0.3)
+        (listed,) = store.list_tasks()
+        assert listed.state is TaskState.QUEUED, listed
+        assert [r.id for r in store.list_tasks(states=["queued"])] == [record.id]
+        assert store.list_tasks(states=["lost"]) == []
+        assert store.get(record.id).state is TaskState.QUEUED  # type: ignore[union-attr]
+
     def test_list_hands_out_copies(self, store: Store) -> None:
         record = new_record()
         store.create(record)

@@ -256,13 +256,16 @@ def listed(
     records: Iterable[TaskRecord], states: Collection[str] | None, limit: int, now: float
 ) -> list[TaskRecord]:
     """Shared tail of :meth:`Store.list_tasks`: the store rules (expired: absent; lapsed
-    lease: ``lost``), the *states* filter, newest first, at most *limit*."""
+    lease: ``lost``, or ``queued`` when it may run again), the *states* filter, newest
+    first, at most *limit*."""
     wanted = None if states is None else {str(s) for s in states}
     kept: list[TaskRecord] = []
     for record in records:
         if record.expires is not None and record.expires < now:
             continue
-        if record.lease_ran_out(now):
+        if record.lease_ran_out(now) and record.may_run_again():
+            record = record.copy(state=TaskState.QUEUED)  # as get() reads it: re-queued
+        elif record.lease_ran_out(now):
             record = record.copy(state=TaskState.LOST, finished=record.lease_expires,
                                  message=LOST_MESSAGE)  # fmt: skip
         if wanted is None or record.state.value in wanted:

@@ -434,12 +434,15 @@ class SQLiteStore(SQLiteRequests, Store):
         params: dict[str, object] = {"now": time.time(), "limit": min(limit, LIST_SCAN_MAX)}
         where = "(expires IS NULL OR expires >= :now)"
         if states is not None:
-            # The state get() would report: an unfinished task whose lease ran out is lost.
+            # The state get() would report: an unfinished task whose lease ran out is lost,
+            # or queued again when it may run again (TaskRecord.may_run_again).
             names = [f":s{n}" for n in range(len(states))]
             params.update({f"s{n}": str(state) for n, state in enumerate(states)})
             where += (
                 " AND (CASE WHEN state IN ('queued', 'running') AND lease_expires < :now"
-                f" THEN 'lost' ELSE state END) IN ({', '.join(names) or 'NULL'})"
+                " THEN (CASE WHEN state = 'running' AND max_attempts > 1"
+                " AND attempts < max_attempts THEN 'queued' ELSE 'lost' END)"
+                f" ELSE state END) IN ({', '.join(names) or 'NULL'})"
             )
         sql = (
             f"SELECT {', '.join(_COLUMNS)} FROM tasks WHERE {where}"
