@@ -313,6 +313,30 @@ def test_over_quota_under_defer_after_is_answered_inline_not_429(make_mw: Harnes
     assert result_of(mw, first).code == 200
 
 
+def test_over_quota_under_defer_after_with_no_hold_to_spare_is_inline_not_429(
+    make_mw: Harness,
+) -> None:
+    # max_holds=0: defer_after cannot wait, so every request is handed over at once; a
+    # client over its quota still gets its answer, inline, as without the middleware.
+    slow = apps.SlowApp()
+    mw = make_mw(Router({"/slow": slow}), defer_after=0.05, max_pending_per_client=1, max_holds=0)
+    env = {"REMOTE_ADDR": "10.0.0.6"}
+    first = call(mw, make_environ("/slow", "GET", **env))
+    assert first.code == 202
+    second = call(mw, make_environ("/fast", "GET", **env))
+    assert second.code == 200 and second.body == b"hello world"
+    assert mw.stats()["counters"]["inline_client_limit"] == 1
+    # No hold to spare either for the status poll: poll until it is done.
+    slow.release.set()
+    assert apps.wait_until(lambda: apps.status_request(mw, first.location).code == 200)
+    # A marked route has no inline answer to give: there the quota is a 429.
+    marked = make_mw(
+        Router({"/slow": apps.SlowApp()}), routes=["GET /slow"], max_pending_per_client=1
+    )
+    assert call(marked, make_environ("/slow", "GET", **env)).code == 202
+    assert call(marked, make_environ("/slow", "GET", **env)).code == 429
+
+
 # -- 6. escaping: logs and URLs ---------------------------------------------------------------
 
 

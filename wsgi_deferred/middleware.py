@@ -310,6 +310,13 @@ class DeferredMiddleware:
                 self.admission.release(task_id)
                 snapshot.discard()
                 return respond_busy(start_response, "503 Service Unavailable", str(exc), html)
+            if not admitted and not marked:
+                # defer_after alone (no hold to spare): over its quota the client gets what
+                # it would get without the middleware, its answer inline, not a 429.
+                self.metrics.incr("inline_client_limit")
+                self.pool.submit(job)
+                job.done.wait()
+                return answer_inline(job, environ, start_response, self.metrics)
             if not admitted:
                 self.pool.release(client_key)
                 snapshot.discard()
