@@ -3,6 +3,7 @@ the store, in process. Real engines and real kills are in ``tests/e2e/test_tier.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +13,13 @@ import pytest
 from apps import PATIENCE, echo_app, make_environ, wait_until
 
 from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred.admission import slot_client
 from wsgi_deferred.buffers import SpooledBody
 from wsgi_deferred.capture import capture_request
 from wsgi_deferred.errors import ConfigurationError
 from wsgi_deferred.executors import SCHEMES, register_executor
+from wsgi_deferred.executors.base import RemoteExecutor
+from wsgi_deferred.executors.delivery import run_delivered
 from wsgi_deferred.executors.snapshots import restore_snapshot, snapshot_meta
 from wsgi_deferred.executors.threads import ThreadExecutor
 from wsgi_deferred.runner import Job
@@ -234,3 +238,75 @@ def test_an_unreachable_rq_redis_makes_the_task_read_lost(
     )
     final = result_of(middleware, request(middleware, "POST", "/echo", data=b"x"))
     assert final.code == 500 and final.json()["state"] == "lost"
+
+
+# -- a remote task's client slot (docs/security.md, "Limits") ---------------------------------
+
+
+class RecordingExecutor(RemoteExecutor):
+    """A remote executor whose engine is a list: the test delivers what it was sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
+
+    def send(self, task_id: str) -> bool:
+        self.sent.append(task_id)
+        return True
+
+
+def test_a_remote_task_holds_its_client_slot_until_a_worker_ran_it(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    from apps import Router, SlowApp, call
+
+    slow = SlowApp()
+    register_executor("recording", f"{__name__}:RecordingExecutor")
+    try:
+        options: dict[str, Any] = {
+            "routes": ["POST /slow"],
+            "store": f"sqlite:///{tmp_path}/t.db",
+            "executor": "recording+engine",
+            "max_pending_per_client": 1,
+            "lease_timeout": LEASE,
+        }
+        web = DeferredMiddleware(Router({"/slow": slow}), **options)
+        other_host = DeferredMiddleware(Router({"/slow": slow}), **options)
+        built += [web, other_host]
+    finally:
+        del SCHEMES["recording"]
+    store, client = web.get_store(), slot_client("10.1.0.1")
+
+    def submit() -> Any:
+        return call(web, make_environ("/slow", "POST", REMOTE_ADDR="10.1.0.1"))
+
+    first = submit()
+    assert first.code == 202 and web.executor.sent == [first.task_id]  # type: ignore[attr-defined]
+    # Queued at the engine for several leases (the web tier's heartbeat ran meanwhile):
+    # the slot is still taken, so the client cannot queue past its limit.
+    time.sleep(LEASE * 4)
+    assert store.client_slots(client) == 1
+    assert submit().code == 429
+    # A worker runs it for several leases: its heartbeat keeps the slot.
+    worker = threading.Thread(target=run_delivered, args=(web.runner, first.task_id))
+    worker.start()
+    try:
+        assert slow.started.wait(PATIENCE)
+        time.sleep(LEASE * 4)
+        assert store.client_slots(client) == 1
+    finally:
+        slow.release.set()
+        worker.join(PATIENCE)
+    assert store.get(first.task_id).state is TaskState.DONE  # type: ignore[union-attr]
+    assert store.client_slots(client) == 0  # given back by the run's end
+    # Cancelled on another host while queued: the delivery that skips it gives the slot back.
+    second = submit()
+    assert second.code == 202
+    assert call(other_host, make_environ(second.location, "DELETE")).code == 204
+    assert store.client_slots(client) == 1  # the other host never took it
+    assert run_delivered(web.runner, second.task_id) == "skipped"
+    assert store.client_slots(client) == 0
+    # Cancelled by the host that took the slot: given back at once.
+    third = submit()
+    assert call(web, make_environ(third.location, "DELETE")).code == 204
+    assert store.client_slots(client) == 0

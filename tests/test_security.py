@@ -18,6 +18,7 @@ import redis_server
 from apps import Harness, Router, call, make_environ, result_of
 
 from wsgi_deferred import DeferredMiddleware
+from wsgi_deferred.admission import slot_client
 from wsgi_deferred.binding import cookie_value
 from wsgi_deferred.buffers import SPOOL_THRESHOLD
 from wsgi_deferred.sanitize import log_safe
@@ -203,7 +204,7 @@ def test_anonymous_requester_never_touches_another_task(
 
 
 def _client_slots(mw: DeferredMiddleware, address: str) -> int:
-    return mw.get_store().client_slots(mw.admission.client_id(address))
+    return mw.get_store().client_slots(slot_client(address))
 
 
 def test_one_client_gets_a_fair_share_of_max_pending_by_default(make_mw: Harness) -> None:
@@ -290,7 +291,7 @@ def test_a_dead_process_slots_expire_with_its_lease(make_mw: Harness, tmp_path: 
     mw = make_mw(apps.plain_app, routes=["/work"], store=url, max_pending_per_client=1,
                  lease_timeout=0.5)  # fmt: skip
     store = mw.get_store()
-    client = mw.admission.client_id("10.0.0.4")
+    client = slot_client("10.0.0.4")
     assert store.acquire_slot(client, "x" * 22, 1, time.time() + 0.5)  # the "dead" one
     assert call(mw, make_environ("/work", "POST", REMOTE_ADDR="10.0.0.4")).code == 429
     assert apps.wait_until(lambda: store.client_slots(client) == 0, timeout=3)
@@ -435,7 +436,7 @@ def test_a_slot_of_a_task_that_left_the_process_lapses(tmp_path: Path) -> None:
         time.sleep(0.4)
         admission.renew()  # gone from the pool for over a lease: forgotten, not renewed
         assert not admission.holds("t" * 22)
-        assert apps.wait_until(lambda: store.client_slots(admission.client_id("10.0.0.8")) == 0)
+        assert apps.wait_until(lambda: store.client_slots(slot_client("10.0.0.8")) == 0)
         assert admission.acquire("10.0.0.8", "u" * 22)
     finally:
         store.close()

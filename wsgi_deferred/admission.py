@@ -11,7 +11,9 @@ docs/security.md, "Limits".
 A slot is taken before the task exists and given back when it ends in any way (done, failed,
 cancelled, abandoned at shutdown: :meth:`Admission.release`). A process that dies cannot give
 its slots back, so slots expire like leases (``lease_timeout``) unless the heartbeat renews them
-(:meth:`Admission.renew`): a lost task frees its slot within one lease.
+(:meth:`Admission.renew`): a lost task frees its slot within one lease. A task sent to a
+remote engine takes its slot for its queued lease instead; the captured request names the
+client, and the worker that runs it renews and releases it (executors/delivery.py).
 
 A store that does not implement the slot methods (a third-party one) falls back to a count in
 this process, the old behaviour.
@@ -31,7 +33,13 @@ from .errors import StoreUnavailable
 from .stores.base import Store
 from .tasklog import task_extra
 
-__all__ = ["DEFAULT_CLIENT_SHARE", "Admission", "default_client_limit"]
+__all__ = [
+    "DEFAULT_CLIENT_SHARE",
+    "Admission",
+    "default_client_limit",
+    "release_slot",
+    "slot_client",
+]
 
 logger = logging.getLogger("wsgi_deferred")
 
@@ -47,6 +55,30 @@ PRUNE_EVERY = 256
 def default_client_limit(max_pending: int) -> int:
     """The fair-share ``max_pending_per_client`` used when none is given (at least 1)."""
     return max(1, math.floor(max_pending * DEFAULT_CLIENT_SHARE))
+
+
+def slot_client(client_key: str | None) -> str | None:
+    """The store's key for a client: a fixed-size hash, so an address or an owner hash of any
+    shape makes a valid key (and a Redis hash tag without braces). None for no client."""
+    if client_key is None:
+        return None
+    return hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def release_slot(store: Store, client: str, task_id: str) -> None:
+    """Give a slot back from a process that never took it (a worker that ran the task).
+    Never raises: a slot the store cannot take back now expires by itself."""
+    try:
+        store.release_slot(client, task_id)
+    except NotImplementedError:
+        pass
+    except StoreUnavailable as exc:
+        logger.warning(
+            "task %s: client slot not released (%s); it expires",
+            task_id,
+            exc,
+            extra=task_extra(task_id),
+        )
 
 
 class Admission:
@@ -71,22 +103,17 @@ class Admission:
         self._held: dict[str, tuple[str, float]] = {}
         self._local: dict[str, set[str]] = {}  # fallback: client -> task ids, this process
 
-    @staticmethod
-    def client_id(client_key: str) -> str:
-        """The store's key for a client: a fixed-size hash, so an address or an owner hash
-        of any shape makes a valid key (and a Redis hash tag without braces)."""
-        return hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-    def acquire(self, client_key: str | None, task_id: str) -> bool:
-        """Take a slot for *task_id*; False when the client is at its limit. Raises
-        StoreUnavailable when the store cannot be asked."""
-        if client_key is None:
+    def acquire(self, client_key: str | None, task_id: str, lease: float | None = None) -> bool:
+        """Take a slot for *task_id* for *lease* seconds (default ``lease_timeout``); False
+        when the client is at its limit. Raises StoreUnavailable when the store cannot be
+        asked. A task sent to a remote engine takes one for as long as it may wait in the
+        engine's queue; the worker that runs it renews it from then on."""
+        client = slot_client(client_key)
+        if client is None:
             return True
-        client = self.client_id(client_key)
+        expires = time.time() + (lease or self.lease_timeout)
         try:
-            taken = self._store().acquire_slot(
-                client, task_id, self.limit, time.time() + self.lease_timeout
-            )
+            taken = self._store().acquire_slot(client, task_id, self.limit, expires)
         except NotImplementedError:
             with self._lock:
                 held = self._local.setdefault(client, set())
@@ -117,28 +144,25 @@ class Admission:
                 if not held:
                     del self._local[client]
         try:
-            self._store().release_slot(client, task_id)
-        except NotImplementedError:
-            pass
-        except StoreUnavailable as exc:
-            logger.warning(
-                "task %s: client slot not released (%s); it expires",
-                task_id,
-                exc,
-                extra=task_extra(task_id),
-            )
+            store = self._store()
+        except StoreUnavailable:
+            return  # it expires
+        release_slot(store, client, task_id)
 
     def _prune(self) -> list[tuple[str, str]]:
-        """Drop held slots of tasks gone from this process for over a lease; return the rest
-        as ``(client, task id)``. Caller holds the lock."""
+        """Drop held slots of tasks gone from this process for over a lease; return those of
+        tasks still in this pool as ``(client, task id)``, the ones to renew. Caller holds
+        the lock. A task sent to a remote engine is never renewed here: its slot was taken
+        for its queued lease, and the worker that runs it renews it (executors/delivery.py);
+        a renewal from here would cut it short."""
         young = time.monotonic() - self.lease_timeout
-        kept = []
+        running = []
         for task_id, (client, taken) in list(self._held.items()):
-            if self._running_here(task_id) or taken > young:
-                kept.append((client, task_id))
-            else:
+            if self._running_here(task_id):
+                running.append((client, task_id))
+            elif taken <= young:
                 del self._held[task_id]
-        return kept
+        return running
 
     def release_job(self, job: Any) -> None:
         """``WorkerPool(on_release=...)``: a job left the pool, however it ended."""

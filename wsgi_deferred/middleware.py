@@ -41,7 +41,7 @@ from .sanitize import url_prefix
 from .status import StatusEndpoint, respond, respond_busy
 from .store_choice import StoreChoice
 from .stores import Store
-from .task import is_task_id, new_task_id
+from .task import TaskState, is_task_id, new_task_id
 from .tasklog import task_extra
 
 __all__ = ["DeferredMiddleware"]
@@ -302,7 +302,9 @@ class DeferredMiddleware:
             # A client slot (counted in the store, for the deployment) before the task
             # exists; a job that may finish inline takes one only if it is handed over.
             try:
-                admitted = self.admission.acquire(client_key, task_id)
+                # A remote engine's queue may hold the task up to its queued lease.
+                lease = self.runner.lease_for(TaskState.QUEUED)
+                admitted = self.admission.acquire(client_key, task_id, lease)
                 if admitted:
                     self.runner.attach(job)
             except StoreUnavailable as exc:
@@ -376,6 +378,10 @@ class DeferredMiddleware:
         job = self.pool.find(task_id)
         if job is not None:
             job.cancel_flag.set()  # type: ignore[attr-defined]
+        else:
+            # Not running here: sent to a remote engine, where it may never run now. A
+            # task still running here keeps its slot until it has stopped.
+            self.admission.release(task_id)  # if this process took it, else a no-op
         self.metrics.incr("cancelled")
 
     def _rule_label(self, environ: dict[str, Any], asked_async: bool) -> str:

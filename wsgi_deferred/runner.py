@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .admission import slot_client
 from .buffers import SPOOL_THRESHOLD
 from .capture import RequestSnapshot
 from .errors import StoreUnavailable
@@ -210,7 +211,9 @@ class TaskRunner:
         if store.shared and (self.keep_requests or job.max_attempts > 1):
             try:
                 store.save_request(
-                    job.id, snapshot_meta(job.snapshot, job.traceparent), job.snapshot.body
+                    job.id,
+                    snapshot_meta(job.snapshot, job.traceparent, slot_client(job.client_key)),
+                    job.snapshot.body,
                 )
                 job.kept_request = True
             except ValueError:  # the body is gone: the run it was captured for just ended

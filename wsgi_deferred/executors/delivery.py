@@ -8,20 +8,23 @@ has no pool heartbeat; a retry in the thread pool renews its own lease too). A
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from ..admission import release_slot
 from ..background import start_thread
 from ..errors import StoreUnavailable
 from ..task import TaskState
 from ..tasklog import task_extra
 from ..tracing import context_from_traceparent
-from .snapshots import restore_snapshot, stored_traceparent
+from .snapshots import restore_snapshot, stored_text
 
 if TYPE_CHECKING:
     from ..runner import TaskRunner
+    from ..stores.base import Store
 
 __all__ = ["HEARTBEAT_JOIN_TIMEOUT", "Redelivery", "run_delivered"]
 
@@ -45,11 +48,16 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
             task_id,
             extra=task_extra(task_id),
         )
+        _release_if_final(runner, task_id)
         return "skipped"
-    traceparent = None
+    traceparent = client = None
     try:
         kept = store.load_request(task_id)
-        traceparent = stored_traceparent(kept[0]) if kept else None
+        if kept:
+            traceparent, client = (
+                stored_text(kept[0], "traceparent"),
+                stored_text(kept[0], "client"),
+            )
         snapshot = restore_snapshot(*kept, runner.spool_threshold) if kept else None
     except ValueError as exc:
         logger.error(
@@ -59,6 +67,8 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     if snapshot is None:
         expires = time.time() + runner.result_ttl
         store.fail(task_id, TaskState.LOST.value, "its captured request is gone", expires)
+        if client is not None:
+            release_slot(store, client, task_id)
         return "lost"
     job = Job(runner, task_id, snapshot, owner=record.owner, attached=True)
     job.created, job.delivered, job.kept_request = record.created, True, True
@@ -67,22 +77,61 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     job.traceparent, job.context = traceparent, context_from_traceparent(traceparent)
     if redelivery is not None:  # so a local DELETE and shutdown reach the job
         job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
-    beat = start_thread(_beat, name=f"wsgi-deferred-lease-{task_id[:6]}", args=(runner, job))
+    name = f"wsgi-deferred-lease-{task_id[:6]}"
+    beat = start_thread(_beat, name=name, args=(runner, job, client))
     try:
         runner.run(job)
     finally:
         job.done.set()
         beat.join(HEARTBEAT_JOIN_TIMEOUT)
+        # The client's slot (taken by the web process that accepted the task) ends with the
+        # run, unless the task was re-queued to run again: then it stays taken until then.
+        if client is not None and not _requeued(store, task_id):
+            release_slot(store, client, task_id)
     return "ran"
 
 
-def _beat(runner: TaskRunner, job: object) -> None:
+def _beat(runner: TaskRunner, job: object, client: str | None) -> None:
+    """Renew the task's lease, and its client's admission slot, while it runs."""
     done: threading.Event = job.done  # type: ignore[attr-defined]
+    task_id: str = job.id  # type: ignore[attr-defined]
     while not done.wait(runner.lease_timeout / 3):
         try:
             runner.heartbeat([job])
+            if client is not None:
+                with contextlib.suppress(NotImplementedError):
+                    slots = [(client, task_id)]
+                    runner.store.renew_slots(slots, time.time() + runner.lease_timeout)
         except Exception:
-            logger.exception("task %s: lease heartbeat failed; will retry", job.id)  # type: ignore[attr-defined]
+            logger.exception("task %s: lease heartbeat failed; will retry", task_id)
+
+
+def _requeued(store: Store, task_id: str) -> bool:
+    try:
+        record = store.get(task_id)
+    except StoreUnavailable:
+        return False
+    return record is not None and not record.state.is_final
+
+
+def _release_if_final(runner: TaskRunner, task_id: str) -> None:
+    """A delivery of a task that ended without running here (cancelled while queued): give
+    back the slot it still holds, or it would count against its client until it expires."""
+    store = runner.store
+    try:
+        record = store.get(task_id)
+        if record is None or not record.state.is_final:
+            return  # gone (its slot expired with it), or running elsewhere (that one gives it)
+        kept = store.load_request(task_id)
+    except StoreUnavailable:
+        return
+    if kept is None:
+        return
+    meta, reader = kept
+    reader.close()
+    client = stored_text(meta, "client")
+    if client is not None:
+        release_slot(store, client, task_id)
 
 
 class Redelivery:

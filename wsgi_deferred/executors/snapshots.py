@@ -14,16 +14,19 @@ from typing import BinaryIO
 from ..buffers import SPOOL_THRESHOLD, SpooledBody
 from ..capture import RequestSnapshot
 
-__all__ = ["SNAPSHOT_FORMAT", "restore_snapshot", "snapshot_meta", "stored_traceparent"]
+__all__ = ["SNAPSHOT_FORMAT", "restore_snapshot", "snapshot_meta", "stored_text"]
 
 #: Version of the JSON document, so a newer worker can read what an older web tier kept.
 SNAPSHOT_FORMAT = 1
 
 
-def snapshot_meta(snapshot: RequestSnapshot, traceparent: str | None = None) -> bytes:
+def snapshot_meta(
+    snapshot: RequestSnapshot, traceparent: str | None = None, client: str | None = None
+) -> bytes:
     """The JSON document for :meth:`~wsgi_deferred.stores.base.Store.save_request`; with the
     accepting request's W3C *traceparent*, so a replay in another process continues its trace
-    (tracing.py)."""
+    (tracing.py), and the *client* whose admission slot the task holds, so the process that
+    runs it renews and gives back that slot (admission.py)."""
     document: dict[str, object] = {
         "format": SNAPSHOT_FORMAT,
         "variables": snapshot.variables,
@@ -32,13 +35,16 @@ def snapshot_meta(snapshot: RequestSnapshot, traceparent: str | None = None) -> 
     }
     if traceparent is not None:
         document["traceparent"] = traceparent
+    if client is not None:
+        document["client"] = client
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def stored_traceparent(meta: bytes) -> str | None:
-    """The traceparent :func:`snapshot_meta` kept in *meta*, or None."""
+def stored_text(meta: bytes, key: str) -> str | None:
+    """The text :func:`snapshot_meta` kept under *key* (``traceparent``, ``client``) in
+    *meta*, or None."""
     try:
-        value = json.loads(meta).get("traceparent")
+        value = json.loads(meta).get(key)
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
