@@ -383,6 +383,22 @@ class StoreContract:
         store.release_slot(client, live)
         store.release_slot(client, new)
 
+    def test_renewing_a_slot_never_cuts_short_it_or_its_siblings(self, store: Store) -> None:
+        # A task queued at a remote engine holds its slot for an hour; the client's running
+        # tasks renew theirs by one lease. Neither renewal may shorten the queued slot, which
+        # shares the client's key with them (Redis).
+        client = "e" * 32
+        queued, running = new_task_id(), new_task_id()
+        assert store.acquire_slot(client, queued, 5, time.time() + 3600)
+        assert store.acquire_slot(client, running, 5, time.time() + 0.3)
+        store.renew_slots([(client, running)], time.time() + 0.4)
+        store.renew_slots([(client, queued)], time.time() + 0.4)  # sooner: ignored
+        store.release_slot(client, running)
+        threading.Event().wait(1.6)  # past both short expiries and the Redis key's margin
+        assert store.client_slots(client) == 1
+        store.release_slot(client, queued)
+        assert store.client_slots(client) == 0
+
     def test_race_for_the_last_slot_has_one_winner(self, store: Store) -> None:
         client = "d" * 32
         barrier = threading.Barrier(8)

@@ -282,9 +282,12 @@ def test_a_remote_task_holds_its_client_slot_until_a_worker_ran_it(
 
     first = submit()
     assert first.code == 202 and web.executor.sent == [first.task_id]  # type: ignore[attr-defined]
-    # Queued at the engine for several leases (the web tier's heartbeat ran meanwhile):
-    # the slot is still taken, so the client cannot queue past its limit.
-    time.sleep(LEASE * 4)
+    # Queued at the engine for several leases, the web tier's heartbeat beating meanwhile
+    # (its pool threads never start here: nothing runs in this process): the slot is
+    # still taken, so the client cannot queue past its limit.
+    for _ in range(4):
+        time.sleep(LEASE)
+        web.admission.renew()
     assert store.client_slots(client) == 1
     assert submit().code == 429
     # A worker runs it for several leases: its heartbeat keeps the slot.
@@ -299,14 +302,50 @@ def test_a_remote_task_holds_its_client_slot_until_a_worker_ran_it(
         worker.join(PATIENCE)
     assert store.get(first.task_id).state is TaskState.DONE  # type: ignore[union-attr]
     assert store.client_slots(client) == 0  # given back by the run's end
-    # Cancelled on another host while queued: the delivery that skips it gives the slot back.
+    # A run whose slot lapsed meanwhile (a retry after its first runner died) takes it
+    # again for as long as it runs.
+    slow.started.clear()
+    slow.release.clear()
+    again = submit()
+    store.release_slot(client, again.task_id)  # as if it had lapsed
+    worker = threading.Thread(target=run_delivered, args=(web.runner, again.task_id))
+    worker.start()
+    try:
+        assert slow.started.wait(PATIENCE)
+        assert store.client_slots(client) == 1
+    finally:
+        slow.release.set()
+        worker.join(PATIENCE)
+    assert store.client_slots(client) == 0
+    # Cancelled while queued, on another host, leases later: given back at once (the
+    # captured request names the client), and the delivery that skips it changes nothing.
     second = submit()
     assert second.code == 202
+    time.sleep(LEASE * 2)
+    web.admission.renew()  # the accepting host forgets it: it is not running there
     assert call(other_host, make_environ(second.location, "DELETE")).code == 204
-    assert store.client_slots(client) == 1  # the other host never took it
-    assert run_delivered(web.runner, second.task_id) == "skipped"
     assert store.client_slots(client) == 0
-    # Cancelled by the host that took the slot: given back at once.
+    assert run_delivered(web.runner, second.task_id) == "skipped"
+    # Cancelled by the host that took the slot: given back at once too.
     third = submit()
     assert call(web, make_environ(third.location, "DELETE")).code == 204
     assert store.client_slots(client) == 0
+
+
+def test_a_task_the_engine_never_got_gives_its_client_slot_back(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    from apps import call
+
+    middleware = make(
+        built,
+        store=f"sqlite:///{tmp_path}/t.db",
+        executor="rq+redis://127.0.0.1:1/0",  # nothing listens there
+        max_pending_per_client=1,
+    )
+    for _ in range(3):  # each send fails, reads lost, and frees the one slot
+        accepted = call(middleware, make_environ("/echo", "POST", REMOTE_ADDR="10.1.0.2"))
+        assert accepted.code == 202
+        status = call(middleware, make_environ(accepted.location, "GET"))
+        assert status.json()["state"] == "lost"
+    assert middleware.get_store().client_slots(slot_client("10.1.0.2")) == 0

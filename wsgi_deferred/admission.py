@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import StoreUnavailable
+from .executors.snapshots import stored_text
 from .stores.base import Store
 from .tasklog import task_extra
 
@@ -149,6 +150,26 @@ class Admission:
             return  # it expires
         release_slot(store, client, task_id)
 
+    def release_cancelled(self, task_id: str) -> None:
+        """Give back the slot of a queued task cancelled by this process, whichever process
+        took it: the client is named in the task's captured request, when the store keeps
+        one (a remote executor, a ``retry`` rule). Never raises."""
+        if task_id in self._held:
+            self.release(task_id)
+            return
+        try:
+            store = self._store()
+            kept = store.load_request(task_id)
+        except (StoreUnavailable, NotImplementedError):
+            return
+        if kept is None:
+            return  # nothing kept: its slot, if any, is this deployment's to expire
+        meta, reader = kept
+        reader.close()
+        client = stored_text(meta, "client")
+        if client is not None:
+            release_slot(store, client, task_id)
+
     def _prune(self) -> list[tuple[str, str]]:
         """Drop held slots of tasks gone from this process for over a lease; return those of
         tasks still in this pool as ``(client, task id)``, the ones to renew. Caller holds
@@ -162,6 +183,11 @@ class Admission:
                 running.append((client, task_id))
             elif taken <= young:
                 del self._held[task_id]
+                local = self._local.get(client)
+                if local is not None:  # the per-process fallback forgets it too
+                    local.discard(task_id)
+                    if not local:
+                        del self._local[client]
         return running
 
     def release_job(self, job: Any) -> None:

@@ -41,7 +41,7 @@ from .sanitize import url_prefix
 from .status import StatusEndpoint, respond, respond_busy
 from .store_choice import StoreChoice
 from .stores import Store
-from .task import TaskState, is_task_id, new_task_id
+from .task import TaskRecord, TaskState, is_task_id, new_task_id
 from .tasklog import task_extra
 
 __all__ = ["DeferredMiddleware"]
@@ -374,14 +374,16 @@ class DeferredMiddleware:
         matched = self.retry.matches(snapshot.method.upper(), variables.get("PATH_INFO", ""))
         return self.max_attempts if matched else 1
 
-    def _cancelled_locally(self, task_id: str) -> None:
-        job = self.pool.find(task_id)
+    def _cancelled_locally(self, record: TaskRecord) -> None:
+        """A DELETE succeeded here; *record* is the task as it was before."""
+        job = self.pool.find(record.id)
         if job is not None:
             job.cancel_flag.set()  # type: ignore[attr-defined]
-        else:
-            # Not running here: sent to a remote engine, where it may never run now. A
-            # task still running here keeps its slot until it has stopped.
-            self.admission.release(task_id)  # if this process took it, else a no-op
+        elif record.state is TaskState.QUEUED:
+            # Waiting (at a remote engine, or in another process's queue), where it will
+            # never run now: its client slot is free. A running task keeps its slot until
+            # its runner has stopped and gives it back.
+            self.admission.release_cancelled(record.id)
         self.metrics.incr("cancelled")
 
     def _rule_label(self, environ: dict[str, Any], asked_async: bool) -> str:

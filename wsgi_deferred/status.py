@@ -101,7 +101,7 @@ class StatusEndpoint:
         *,
         max_wait: float,
         owner_of: Callable[[dict[str, Any]], str | None],
-        on_cancel: Callable[[str], None],
+        on_cancel: Callable[[TaskRecord], None],
         holds: HoldBudget | None = None,
         history: DurationHistory | None = None,
         queue: Callable[[], tuple[int, int]] = lambda: (0, 1),
@@ -252,9 +252,10 @@ class StatusEndpoint:
         form: bool,
     ) -> Iterable[bytes]:
         store = self._store(environ)
-        if self._visible(environ, store.get(task_id)) is None or not store.cancel(task_id):
+        record = self._visible(environ, store.get(task_id))
+        if record is None or not store.cancel(task_id):
             return self.not_found(start_response, html)
-        self.on_cancel(task_id)
+        self.on_cancel(record)  # as it was before the cancel
         logger.info("task %s: cancelled by the client", task_id, extra=task_extra(task_id))
         if not form:
             start_response("204 No Content", list(NO_STORE_HEADERS))

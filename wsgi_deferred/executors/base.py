@@ -159,6 +159,7 @@ class RemoteExecutor(Executor):
         self.release(job.client_key)  # nothing runs here; the slot is free again
         job.snapshot.discard()  # the store has it
         if not self.send(job.id):
+            self._released(job)  # nothing will run it: its client slot is free again
             message = "the task queue could not be reached"
             expires = time.time() + self.runner.result_ttl
             try:

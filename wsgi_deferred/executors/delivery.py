@@ -32,6 +32,8 @@ logger = logging.getLogger("wsgi_deferred")
 
 #: Seconds a finished delivery waits at most for its heartbeat thread to stop.
 HEARTBEAT_JOIN_TIMEOUT = 5.0
+#: The limit a running task re-takes its own client slot with: it was admitted already.
+ALREADY_ADMITTED = 2**31
 
 
 def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | None = None) -> str:
@@ -77,6 +79,10 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     job.traceparent, job.context = traceparent, context_from_traceparent(traceparent)
     if redelivery is not None:  # so a local DELETE and shutdown reach the job
         job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
+    if client is not None:
+        # The slot the accepting process took (for the queued lease), or again after it
+        # lapsed (a retry whose first runner died): from now on it lives by this run's lease.
+        _take_slot(runner, client, task_id)
     name = f"wsgi-deferred-lease-{task_id[:6]}"
     beat = start_thread(_beat, name=name, args=(runner, job, client))
     try:
@@ -104,6 +110,13 @@ def _beat(runner: TaskRunner, job: object, client: str | None) -> None:
                     runner.store.renew_slots(slots, time.time() + runner.lease_timeout)
         except Exception:
             logger.exception("task %s: lease heartbeat failed; will retry", task_id)
+
+
+def _take_slot(runner: TaskRunner, client: str, task_id: str) -> None:
+    # Never refused: the task was admitted when it was accepted; this only names its slot.
+    expires = time.time() + runner.lease_timeout
+    with contextlib.suppress(NotImplementedError, StoreUnavailable):
+        runner.store.acquire_slot(client, task_id, ALREADY_ADMITTED, expires)
 
 
 def _requeued(store: Store, task_id: str) -> bool:

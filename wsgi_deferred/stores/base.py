@@ -193,7 +193,9 @@ class Store(abc.ABC):
 
     def renew_slots(self, slots: Iterable[tuple[str, str]], expires: float) -> None:
         """Heartbeat: move the expiry of each existing ``(client, task_id)`` slot to
-        *expires*. A slot that is gone stays gone (its task ended or its process died)."""
+        *expires* if that is later; never sooner (a slot taken for a task's queued lease
+        outlives the leases of its client's running tasks), and never another slot's. A
+        slot that is gone stays gone (its task ended or its process died)."""
         raise NotImplementedError
 
     def client_slots(self, client: str) -> int:

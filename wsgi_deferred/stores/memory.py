@@ -276,7 +276,7 @@ class MemoryStore(Store):
             for client, task_id in slots:
                 mine = self._slots_of(client, now)
                 if task_id in mine:
-                    mine[task_id] = expires
+                    mine[task_id] = max(mine[task_id], expires)  # never sooner
 
     def client_slots(self, client: str) -> int:
         with self._lock:

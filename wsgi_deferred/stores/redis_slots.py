@@ -23,6 +23,7 @@ class RedisSlots:
 
     prefix: str
     _redis: redis.Redis
+    _cluster: bool
 
     _ACQUIRE_SLOT = """
 local key, now, id = KEYS[1], tonumber(ARGV[1]), ARGV[2]
@@ -37,6 +38,17 @@ if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 return 1
 """
     _acquire_slot: redis.commands.core.Script | None = None
+    # Renewal only ever lengthens: the slot's expiry (ZADD GT) and the key's TTL. A client's
+    # slots share one key, and a slot taken for a queued lease must outlive a renewal of
+    # one of its siblings by the lease_timeout of a running task.
+    _RENEW_SLOT = """
+local key, id, expires, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not redis.call('ZSCORE', key, id) then return 0 end
+redis.call('ZADD', key, 'GT', expires, id)
+if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+return 1
+"""
+    _renew_slot: redis.commands.core.Script | None = None
 
     def _slots_key(self, client: str) -> str:
         return f"{self.prefix}slots:{{{client}}}"
@@ -56,13 +68,19 @@ return 1
         pairs = list(slots)
         if not pairs:
             return
+        if self._renew_slot is None:
+            self._renew_slot = self._redis.register_script(self._RENEW_SLOT)
+        script = self._renew_slot
         ttl = max(1000, int((expires - time.time()) * 1000) + 1000)
-        pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
-        for client, task_id in pairs:
-            key = self._slots_key(client)
-            pipe.zadd(key, {task_id: float(expires)}, xx=True)  # only slots that still exist
-            pipe.pexpire(key, ttl)  # all slots of a client share one lease_timeout
         with _unavailable():
+            if self._cluster:  # scripts cannot share a pipeline across slots there
+                for client, task_id in pairs:
+                    script([self._slots_key(client)], [task_id, repr(float(expires)), ttl])
+                return
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
+            for client, task_id in pairs:
+                args = [task_id, repr(float(expires)), ttl]
+                script([self._slots_key(client)], args, client=pipe)
             pipe.execute()
 
     def client_slots(self, client: str) -> int:

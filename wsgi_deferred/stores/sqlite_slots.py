@@ -65,7 +65,8 @@ def renew(db: ConnectionPerThread, slots: Iterable[tuple[str, str]], expires: fl
     def run(conn: sqlite3.Connection) -> None:
         _ensure(conn)
         conn.executemany(
-            "UPDATE client_slots SET expires = ? WHERE client = ? AND task_id = ?", rows
+            "UPDATE client_slots SET expires = MAX(expires, ?) WHERE client = ? AND task_id = ?",
+            rows,
         )
 
     db.transaction(run)
