@@ -349,3 +349,39 @@ def test_a_task_the_engine_never_got_gives_its_client_slot_back(
         status = call(middleware, make_environ(accepted.location, "GET"))
         assert status.json()["state"] == "lost"
     assert middleware.get_store().client_slots(slot_client("10.1.0.2")) == 0
+
+
+def test_a_store_without_slot_methods_lets_remote_slots_lapse_after_a_lease(
+    built: list[DeferredMiddleware], tmp_path: Path
+) -> None:
+    # The per-process fallback counts in memory; a web tier that only sends tasks away runs
+    # no heartbeat, so the count must forget a sent task on its own, not lock the client out.
+    from apps import call
+
+    from wsgi_deferred.stores.sqlite import SQLiteStore
+
+    class NoSlots(SQLiteStore):
+        def acquire_slot(self, client: str, task_id: str, limit: int, expires: float) -> bool:
+            raise NotImplementedError
+
+        def release_slot(self, client: str, task_id: str) -> None:
+            raise NotImplementedError
+
+    register_executor("recording", f"{__name__}:RecordingExecutor")
+    try:
+        middleware = make(
+            built,
+            store=NoSlots(str(tmp_path / "t.db")),
+            executor="recording+engine",
+            max_pending_per_client=1,
+            lease_timeout=LEASE,
+        )
+    finally:
+        del SCHEMES["recording"]
+
+    def submit() -> int:
+        return call(middleware, make_environ("/echo", "POST", REMOTE_ADDR="10.1.0.3")).code
+
+    assert [submit(), submit()] == [202, 429]
+    time.sleep(LEASE * 1.5)
+    assert submit() == 202

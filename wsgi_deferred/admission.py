@@ -118,6 +118,9 @@ class Admission:
         except NotImplementedError:
             with self._lock:
                 held = self._local.setdefault(client, set())
+                if len(held) >= self.limit:
+                    self._prune()  # no heartbeat may run here (a remote executor's web tier)
+                    held = self._local.setdefault(client, set())
                 taken = len(held) < self.limit
                 if taken:
                     held.add(task_id)

@@ -382,7 +382,9 @@ class DeferredMiddleware:
         elif record.state is TaskState.QUEUED:
             # Waiting (at a remote engine, or in another process's queue), where it will
             # never run now: its client slot is free. A running task keeps its slot until
-            # its runner has stopped and gives it back.
+            # its runner has stopped and gives it back. (A worker that took the task between
+            # the read and the cancel gets its slot back early: brief over-admission, never
+            # a slot left behind.)
             self.admission.release_cancelled(record.id)
         self.metrics.incr("cancelled")
 

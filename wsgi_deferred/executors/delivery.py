@@ -60,6 +60,11 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
                 stored_text(kept[0], "traceparent"),
                 stored_text(kept[0], "client"),
             )
+        if client is not None:
+            # The slot the accepting process took (for the queued lease), or again after
+            # it lapsed (a retry whose first runner died): from now on it lives by this
+            # run's lease, so a failure from here on frees it within one lease.
+            _take_slot(runner, client, task_id)
         snapshot = restore_snapshot(*kept, runner.spool_threshold) if kept else None
     except ValueError as exc:
         logger.error(
@@ -68,9 +73,11 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
         snapshot = None
     if snapshot is None:
         expires = time.time() + runner.result_ttl
-        store.fail(task_id, TaskState.LOST.value, "its captured request is gone", expires)
-        if client is not None:
-            release_slot(store, client, task_id)
+        try:
+            store.fail(task_id, TaskState.LOST.value, "its captured request is gone", expires)
+        finally:
+            if client is not None:
+                release_slot(store, client, task_id)
         return "lost"
     job = Job(runner, task_id, snapshot, owner=record.owner, attached=True)
     job.created, job.delivered, job.kept_request = record.created, True, True
@@ -79,10 +86,6 @@ def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | Non
     job.traceparent, job.context = traceparent, context_from_traceparent(traceparent)
     if redelivery is not None:  # so a local DELETE and shutdown reach the job
         job.cancel_flag, redelivery.job = redelivery.cancel_flag, job
-    if client is not None:
-        # The slot the accepting process took (for the queued lease), or again after it
-        # lapsed (a retry whose first runner died): from now on it lives by this run's lease.
-        _take_slot(runner, client, task_id)
     name = f"wsgi-deferred-lease-{task_id[:6]}"
     beat = start_thread(_beat, name=name, args=(runner, job, client))
     try:

@@ -9,7 +9,8 @@ The key's TTL follows its latest expiry, so a client that went away leaves nothi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -19,11 +20,14 @@ __all__ = ["RedisSlots"]
 
 
 class RedisSlots:
-    """Mixed into RedisStore, which provides ``prefix`` and ``_redis``."""
+    """Mixed into RedisStore, which provides the attributes below (redis_calls.py)."""
 
     prefix: str
     _redis: redis.Redis
     _cluster: bool
+    _scripts: dict[str, Any]
+    _queue: Callable[..., Any]
+    _execute: Callable[..., list[Any]]
 
     _ACQUIRE_SLOT = """
 local key, now, id = KEYS[1], tonumber(ARGV[1]), ARGV[2]
@@ -48,7 +52,6 @@ redis.call('ZADD', key, 'GT', expires, id)
 if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 return 1
 """
-    _renew_slot: redis.commands.core.Script | None = None
 
     def _slots_key(self, client: str) -> str:
         return f"{self.prefix}slots:{{{client}}}"
@@ -68,20 +71,20 @@ return 1
         pairs = list(slots)
         if not pairs:
             return
-        if self._renew_slot is None:
-            self._renew_slot = self._redis.register_script(self._RENEW_SLOT)
-        script = self._renew_slot
+        if "renew_slot" not in self._scripts:
+            self._scripts["renew_slot"] = self._redis.register_script(self._RENEW_SLOT)
         ttl = max(1000, int((expires - time.time()) * 1000) + 1000)
+        calls = [
+            ([self._slots_key(c)], [task_id, repr(float(expires)), ttl]) for c, task_id in pairs
+        ]
         with _unavailable():
             if self._cluster:  # scripts cannot share a pipeline across slots there
-                for client, task_id in pairs:
-                    script([self._slots_key(client)], [task_id, repr(float(expires)), ttl])
+                for keys, args in calls:
+                    self._scripts["renew_slot"](keys, args)
                 return
             pipe = self._redis.pipeline(transaction=False)  # one round trip for all of them
-            for client, task_id in pairs:
-                args = [task_id, repr(float(expires)), ttl]
-                script([self._slots_key(client)], args, client=pipe)
-            pipe.execute()
+            queued = [self._queue(pipe, "renew_slot", keys, args) for keys, args in calls]
+            self._execute(pipe, queued)
 
     def client_slots(self, client: str) -> int:
         with _unavailable():
