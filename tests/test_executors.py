@@ -385,3 +385,12 @@ def test_a_store_without_slot_methods_lets_remote_slots_lapse_after_a_lease(
     assert [submit(), submit()] == [202, 429]
     time.sleep(LEASE * 1.5)
     assert submit() == 202
+
+
+@pytest.mark.parametrize("task_id", ["../etc/passwd", "", 42, None])
+def test_a_delivery_of_no_task_id_is_skipped(
+    built: list[DeferredMiddleware], tmp_path: Path, task_id: Any
+) -> None:
+    # An engine's message is input too: a malformed id never reaches the store.
+    middleware = make(built, store=f"sqlite:///{tmp_path}/t.db")
+    assert run_delivered(middleware.runner, task_id) == "skipped"

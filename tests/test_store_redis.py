@@ -99,9 +99,11 @@ def test_two_hosts_share_tasks_and_waiter_wakes_at_once(make_store: MakeStore) -
     assert read_all(host_a, record.id) == b"from b"
 
 
-def test_every_concurrent_waiter_wakes(make_store: MakeStore) -> None:
-    hosts = [make_store() for _ in range(3)]
-    record = running(hosts[0])
+def long_polls_on(
+    hosts: list[RedisStore], record: TaskRecord, count: int, end: Callable[[RedisStore], object]
+) -> tuple[list[tuple[float, TaskState | None]], float]:
+    """*count* long polls of *record*, spread over *hosts*, while ``end(hosts[1])`` ends the
+    task: when and in which state each woke, and when the task ended (monotonic)."""
     woke: list[tuple[float, TaskState | None]] = []
     lock = threading.Lock()
 
@@ -110,14 +112,21 @@ def test_every_concurrent_waiter_wakes(make_store: MakeStore) -> None:
         with lock:
             woke.append((time.monotonic(), got.state if got else None))
 
-    threads = [threading.Thread(target=waiter, args=(hosts[i % 3],)) for i in range(8)]
+    threads = [threading.Thread(target=waiter, args=(hosts[i % 3],)) for i in range(count)]
     for t in threads:
         t.start()
     time.sleep(0.3)
-    cancelled_at = time.monotonic()
-    assert hosts[1].cancel(record.id) is True  # any end transition wakes them all
+    ended_at = time.monotonic()
+    assert end(hosts[1]) is True  # any end transition wakes them all
     for t in threads:
         t.join(5)
+    return woke, ended_at
+
+
+def test_every_concurrent_waiter_wakes(make_store: MakeStore) -> None:
+    hosts = [make_store() for _ in range(3)]
+    record = running(hosts[0])
+    woke, cancelled_at = long_polls_on(hosts, record, 8, lambda host: host.cancel(record.id))
     assert len(woke) == 8
     assert all(state is TaskState.CANCELLED for _, state in woke)
     assert max(at for at, _ in woke) - cancelled_at < 0.5
@@ -616,19 +625,23 @@ def test_a_result_stored_by_the_earlier_key_layout_is_still_served(
     assert read_all(store, record.id) == data
 
 
-def test_purge_walks_past_a_full_batch(
-    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def purge_past_a_full_batch(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """purge() with a batch of 2: several rounds in most shards, every due task found."""
     import wsgi_deferred.stores.redis as module
 
-    monkeypatch.setattr(module, "PURGE_BATCH", 2)  # several rounds in most shards
-    store = make_store()
+    monkeypatch.setattr(module, "PURGE_BATCH", 2)
     records = [running(store) for _ in range(40)]
     for record in records[:30]:
         store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + 60)
     assert store.purge(now=time.time() + 120) == 30
     assert all(store.get(r.id) is not None for r in records[30:])
     assert store.purge(now=time.time() + 120) == 0
+
+
+def test_purge_walks_past_a_full_batch(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    purge_past_a_full_batch(make_store(), monkeypatch)
 
 
 def test_an_index_entry_below_its_tasks_deadline_is_moved_not_purged(

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 from redis_cluster import MASTER_NAME, LocalCluster, LocalSentinel
-from store_contract import HOUR, StoreContract, body_of, new_record, read_all
-from test_store_redis import each_method
+from store_contract import HOUR, StoreContract, body_of, read_all
+from test_store_redis import each_method, long_polls_on, purge_past_a_full_batch, running
 
 from wsgi_deferred import config
 from wsgi_deferred.errors import ConfigurationError, StoreUnavailable
 from wsgi_deferred.stores import REDIS_SCHEMES, open_store
 from wsgi_deferred.stores.base import STALE_RETENTION
-from wsgi_deferred.task import TaskRecord, TaskState, new_task_id
+from wsgi_deferred.task import TaskState, new_task_id
 
 redis = pytest.importorskip("redis")
 from redis.cluster import RedisCluster  # noqa: E402
@@ -80,13 +80,6 @@ class TestSentinelStore(StoreContract):
         client.close()
 
 
-def running(store: RedisStore) -> TaskRecord:
-    record = new_record()
-    store.create(record)
-    assert store.claim(record.id, time.time() + 30)
-    return record
-
-
 # -- the cluster rules ---------------------------------------------------------------------
 
 
@@ -122,22 +115,11 @@ def test_every_key_of_a_task_shares_one_slot_and_tasks_spread_over_nodes(
 def test_long_poll_on_the_cluster_wakes_every_waiter(make_cluster_store: MakeStore) -> None:
     hosts = [make_cluster_store() for _ in range(3)]
     record = running(hosts[0])
-    woke: list[tuple[float, TaskState | None]] = []
-    lock = threading.Lock()
 
-    def waiter(host: RedisStore) -> None:
-        got = host.wait(record.id, 20)
-        with lock:
-            woke.append((time.monotonic(), got.state if got else None))
+    def finish(host: RedisStore) -> bool:
+        return host.finish(record.id, "200 OK", [], body_of(b"ok"), time.time() + HOUR)
 
-    threads = [threading.Thread(target=waiter, args=(hosts[i % 3],)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    finished_at = time.monotonic()
-    assert hosts[1].finish(record.id, "200 OK", [], body_of(b"ok"), time.time() + HOUR)
-    for thread in threads:
-        thread.join(5)
+    woke, finished_at = long_polls_on(hosts, record, 6, finish)
     assert len(woke) == 6 and all(state is TaskState.DONE for _, state in woke)
     assert max(at for at, _ in woke) - finished_at < 0.5
 
@@ -328,13 +310,4 @@ def test_every_script_touches_only_the_keys_it_is_given() -> None:
 def test_purge_walks_past_a_full_batch(
     make_cluster_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsgi_deferred.stores.redis as module
-
-    monkeypatch.setattr(module, "PURGE_BATCH", 2)  # several rounds in most shards
-    store = make_cluster_store()
-    records = [running(store) for _ in range(40)]
-    for record in records[:30]:
-        store.finish(record.id, "200 OK", [], body_of(b"x"), time.time() + 60)
-    assert store.purge(now=time.time() + 120) == 30
-    assert all(store.get(r.id) is not None for r in records[30:])
-    assert store.purge(now=time.time() + 120) == 0
+    purge_past_a_full_batch(make_cluster_store(), monkeypatch)

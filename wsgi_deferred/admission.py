@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_CLIENT_SHARE",
     "Admission",
     "default_client_limit",
+    "release_kept_slot",
     "release_slot",
     "slot_client",
 ]
@@ -80,6 +81,23 @@ def release_slot(store: Store, client: str, task_id: str) -> None:
             exc,
             extra=task_extra(task_id),
         )
+
+
+def release_kept_slot(store: Store, task_id: str) -> None:
+    """Give back *task_id*'s slot from any process: its client is named in the task's
+    captured request, when the store keeps one (a remote executor, a ``retry`` rule).
+    Never raises; without a kept request the slot expires by itself."""
+    try:
+        kept = store.load_request(task_id)
+    except (StoreUnavailable, NotImplementedError):
+        return
+    if kept is None:
+        return
+    meta, reader = kept
+    reader.close()
+    client = stored_text(meta, "client")
+    if client is not None:
+        release_slot(store, client, task_id)
 
 
 class Admission:
@@ -162,16 +180,9 @@ class Admission:
             return
         try:
             store = self._store()
-            kept = store.load_request(task_id)
-        except (StoreUnavailable, NotImplementedError):
+        except StoreUnavailable:
             return
-        if kept is None:
-            return  # nothing kept: its slot, if any, is this deployment's to expire
-        meta, reader = kept
-        reader.close()
-        client = stored_text(meta, "client")
-        if client is not None:
-            release_slot(store, client, task_id)
+        release_kept_slot(store, task_id)
 
     def _prune(self) -> list[tuple[str, str]]:
         """Drop held slots of tasks gone from this process for over a lease; return those of

@@ -11,7 +11,7 @@ import hashlib
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,21 +29,27 @@ E2E = str(Path(__file__).parent)
 LEASE = 2.0  # seconds; small so that lapses and retries happen within the test
 
 
+def tier_env(tmp_path: Path, broker: str, **more: str) -> dict[str, str]:
+    """What tier_app.py reads: a SQLite store in *tmp_path*, the *broker*, a short lease and
+    a directory where each run leaves its pid."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return {
+        "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
+        "TIER_BROKER": broker,
+        **more,
+        "TIER_LEASE": str(LEASE),
+        "TIER_RUNS": str(runs),
+        "PYTHONPATH": E2E,
+    }
+
+
 @pytest.fixture
 def amqp_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     broker = rabbitmq_url()
     queue = f"wsgi_deferred_tests_{uuid.uuid4().hex}"  # RabbitMQ is shared: a queue of our own
-    runs = tmp_path / "runs"
-    runs.mkdir()
     try:
-        yield {
-            "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
-            "TIER_BROKER": broker,
-            "TIER_QUEUE": queue,
-            "TIER_LEASE": str(LEASE),
-            "TIER_RUNS": str(runs),
-            "PYTHONPATH": E2E,
-        }
+        yield tier_env(tmp_path, broker, TIER_QUEUE=queue)
     finally:
         delete_queue(broker, queue)
 
@@ -52,17 +58,8 @@ def amqp_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def redis_broker_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     broker = RedisServerProcess(tmp_path)
     broker.start()
-    runs = tmp_path / "runs"
-    runs.mkdir()
     try:
-        yield {
-            "TIER_STORE": f"sqlite://{tmp_path}/tasks.db",
-            "TIER_BROKER": broker.url,
-            "TIER_VISIBILITY": "2",
-            "TIER_LEASE": str(LEASE),
-            "TIER_RUNS": str(runs),
-            "PYTHONPATH": E2E,
-        }
+        yield tier_env(tmp_path, broker.url, TIER_VISIBILITY="2")
     finally:
         broker.stop()
 
@@ -159,8 +156,14 @@ def _kombu_restores_while_running() -> bool:
 # -- kill -9 mid-task: retried on a retry rule, lost elsewhere --------------------------------
 
 
-def kill_child_mid_task(env: dict[str, str], tmp_path: Path, path: str):  # type: ignore[no-untyped-def]
-    with worker(env, tmp_path) as tier, Gunicorn(APP, workers=1, threads=4, env=env) as web:
+def kill_child_mid_task(  # type: ignore[no-untyped-def]
+    env: dict[str, str],
+    tmp_path: Path,
+    path: str,
+    make_worker: Callable[[dict[str, str], Path], TierWorker] = worker,
+):
+    """SIGKILL the pool child (Celery) or work horse (RQ) running *path*'s task."""
+    with make_worker(env, tmp_path) as tier, Gunicorn(APP, workers=1, threads=4, env=env) as web:
         location = submit(web, path)
         first = running_pid(web, location)
         assert first in tier.children()

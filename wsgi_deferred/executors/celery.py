@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from ..errors import ConfigurationError
-from ..task import is_task_id
 from ..tasklog import task_extra
 from .base import RemoteExecutor
 from .delivery import run_delivered
@@ -120,9 +119,6 @@ class CeleryExecutor(RemoteExecutor):
 
         @self.celery.task(name=TASK_NAME, **TASK_OPTIONS)  # type: ignore[misc]
         def run(task_id: str) -> None:
-            if not isinstance(task_id, str) or not is_task_id(task_id):
-                logger.error("ignoring a delivery with a malformed task id %r", task_id)
-                return
             run_delivered(runner, task_id)
 
         self._in_worker = True

@@ -14,10 +14,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..admission import release_slot
+from ..admission import release_kept_slot, release_slot
 from ..background import start_thread
 from ..errors import StoreUnavailable
-from ..task import TaskState
+from ..task import TaskState, is_task_id
 from ..tasklog import task_extra
 from ..tracing import context_from_traceparent
 from .snapshots import restore_snapshot, stored_text
@@ -38,10 +38,13 @@ ALREADY_ADMITTED = 2**31
 
 def run_delivered(runner: TaskRunner, task_id: str, redelivery: Redelivery | None = None) -> str:
     """Run the task *task_id* whose captured request is in the store. Returns ``"skipped"``
-    (final, or its lease is held and live elsewhere), ``"lost"`` (its request is gone or
-    unreadable: it reads lost) or ``"ran"``."""
+    (final, or its lease is held and live elsewhere, or *task_id* is no task id), ``"lost"``
+    (its request is gone or unreadable: it reads lost) or ``"ran"``."""
     from ..runner import Job
 
+    if not isinstance(task_id, str) or not is_task_id(task_id):  # an engine's message
+        logger.error("ignoring a delivery with a malformed task id %r", task_id)
+        return "skipped"
     store = runner.store
     record = store.deliver(task_id, time.time() + runner.lease_timeout)
     if record is None:
@@ -136,18 +139,11 @@ def _release_if_final(runner: TaskRunner, task_id: str) -> None:
     store = runner.store
     try:
         record = store.get(task_id)
-        if record is None or not record.state.is_final:
-            return  # gone (its slot expired with it), or running elsewhere (that one gives it)
-        kept = store.load_request(task_id)
     except StoreUnavailable:
         return
-    if kept is None:
-        return
-    meta, reader = kept
-    reader.close()
-    client = stored_text(meta, "client")
-    if client is not None:
-        release_slot(store, client, task_id)
+    if record is not None and record.state.is_final:
+        release_kept_slot(store, task_id)
+    # else gone (its slot expired with it), or running elsewhere (that run gives it back)
 
 
 class Redelivery:

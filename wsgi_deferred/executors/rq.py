@@ -23,7 +23,6 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from ..errors import ConfigurationError
-from ..task import is_task_id
 from ..tasklog import task_extra
 from .base import RemoteExecutor
 from .delivery import run_delivered
@@ -51,9 +50,6 @@ def perform(task_id: str) -> None:
     """The job function: run the task the web tier deferred (work horse side)."""
     if _RUNNER is None:
         raise RuntimeError("wsgi_deferred jobs run under 'wsgi-deferred worker' only")
-    if not isinstance(task_id, str) or not is_task_id(task_id):
-        logger.error("ignoring a delivery with a malformed task id %r", task_id)
-        return
     run_delivered(_RUNNER, task_id)
 
 
